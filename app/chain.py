@@ -1,0 +1,248 @@
+"""The retrieval chain: validate -> condense -> retrieve -> answer -> verify -> cite.
+
+Built from LangChain runnables so a stage can be swapped or traced; the
+extractive answerer is the default, an LLM answerer plugs in by settings.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+from langchain_core.runnables import Runnable, RunnableLambda
+
+from app.extractive import ExtractiveAnswerer
+from app.lexical import default_synonyms
+from app.policy import (
+    GENERAL_GUIDANCE_INTRO,
+    PERSONAL_ADVICE,
+    REASON_INSUFFICIENT,
+    REASON_PATIENT_SPECIFIC,
+    REASON_UNVERIFIED,
+    REFUSAL,
+)
+from app.retrieval import Hit, HybridRetriever, Query
+from app.schema import Answer, Citation, Message
+from app.scope import condense, is_patient_specific
+from app.verify import DraftSentence, parse_cited_sentences, render, renumber, verify
+from indexer.embeddings import EmbeddingModel, load_embedding_model
+from indexer.errors import MyoQAError
+from indexer.settings import Settings
+from indexer.store import LoadedIndex, load_index
+
+log = logging.getLogger(__name__)
+
+
+class QAChain:
+    """Answers questions from one loaded index. Build once; ``ask`` many times."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        index: LoadedIndex,
+        model: EmbeddingModel,
+        llm: Any | None = None,
+    ) -> None:
+        self.settings = settings
+        self.index = index
+        self.model = model
+        self.synonyms = default_synonyms()
+        self.retriever = HybridRetriever(index, model, settings.retrieval, self.synonyms)
+        self.extractive = ExtractiveAnswerer(settings.answer, self.synonyms, self.retriever.bm25.idf)
+        self.llm = llm
+        self._sentence_matrix = index.all_sentence_vectors()
+        self._offsets = index.sentence_offsets()
+        self.runnable: Runnable[dict[str, Any], Answer] = (
+            RunnableLambda(self._prepare) | RunnableLambda(self._retrieve) | RunnableLambda(self._answer)
+        )
+
+    # --- public -------------------------------------------------------------------
+
+    @property
+    def info(self) -> dict[str, Any]:
+        mode = "extractive"
+        if self.llm is not None:
+            mode = f"llm:{getattr(self.llm, 'model_name', None) or getattr(self.llm, 'model', None) or type(self.llm).__name__}"
+        return {
+            "mode": mode,
+            "n_chunks": len(self.index.chunks),
+            "n_sources": len(self.index.manifest.sources),
+            "embedding_model": self.index.manifest.identity["embedding_model"],
+            "retrieval": self.settings.retrieval.mode,
+        }
+
+    def validate(self, question: str) -> str:
+        """The question, stripped; an empty or over-long one is a user error."""
+        if not isinstance(question, str) or not question.strip():
+            raise MyoQAError("Please type a question.")
+        limit = self.settings.answer.max_question_chars
+        if len(question) > limit:
+            raise MyoQAError(
+                f"The question is {len(question)} characters long; the limit is {limit}. "
+                "Please shorten it."
+            )
+        return question.strip()
+
+    def ask(self, question: str, history: Sequence[Message] | None = None) -> Answer:
+        return self.runnable.invoke({"question": question, "history": list(history or [])})
+
+    def stream(self, question: str, history: Sequence[Message] | None = None) -> Iterator[str | Answer]:
+        """Yield the answer text in pieces (tokens for a streaming LLM), then the Answer.
+
+        The final ``Answer`` is the verified one; a UI shows it in place of the pieces.
+        """
+        state = self._retrieve(self._prepare({"question": question, "history": list(history or [])}))
+        if self.llm is not None and not state["patient_specific"]:
+            pieces: list[str] = []
+            for piece in self._llm_stream(state):
+                pieces.append(piece)
+                yield piece
+            state["llm_text"] = "".join(pieces)
+            yield self._answer(state)
+            return
+        answer = self._answer(state)
+        for i, sentence in enumerate(answer.answer.split(". ")):
+            yield sentence if i == 0 else ". " + sentence
+        yield answer
+
+    # --- stages -------------------------------------------------------------------
+
+    def _prepare(self, state: dict[str, Any]) -> dict[str, Any]:
+        started = time.perf_counter()
+        question = self.validate(state["question"])
+        history = state.get("history") or []
+        search_text = condense(question, history, self.retriever.vocabulary)
+        query = self.retriever.prepare(search_text)
+        if query.vector is None:  # BM25-only retrieval still scores sentences semantically
+            query.vector = self.model.embed_query(query.expanded_text)
+        return {
+            "question": question,
+            "query": query,
+            "patient_specific": is_patient_specific(question),
+            "started": started,
+        }
+
+    def _retrieve(self, state: dict[str, Any]) -> dict[str, Any]:
+        state["hits"] = self.retriever.retrieve(state["query"])
+        return state
+
+    def _sentence_vectors(self, hits: Sequence[Hit]) -> list[np.ndarray]:
+        return [
+            self._sentence_matrix[self._offsets[h.row] : self._offsets[h.row] + len(h.chunk.sentences)]
+            for h in hits
+        ]
+
+    def _answer(self, state: dict[str, Any]) -> Answer:
+        query: Query = state["query"]
+        hits: list[Hit] = state["hits"]
+        meta: dict[str, Any] = {
+            "query": query.text,
+            "retrieved": [h.chunk.chunk_id for h in hits],
+            "retrieved_sources": [h.chunk.source_id for h in hits],
+        }
+        picked = self.extractive.select(query, hits, self._sentence_vectors(hits)) if hits else []
+        best = picked[0].score if picked else 0.0
+        meta["best_score"] = round(best, 4)
+        supported = best >= self.settings.answer.abstain_threshold
+
+        if state["patient_specific"]:
+            answer = self._cited(
+                [DraftSentence(c.text, (c.hit_position,)) for c in picked] if supported else [],
+                hits,
+                meta,
+                prefix=PERSONAL_ADVICE + (f" {GENERAL_GUIDANCE_INTRO}" if supported else ""),
+            )
+            answer.abstained, answer.reason = True, REASON_PATIENT_SPECIFIC
+        elif not supported:
+            answer = Answer(answer=REFUSAL, abstained=True, reason=REASON_INSUFFICIENT, meta=meta)
+        elif self.llm is not None:
+            text = state.get("llm_text")
+            if text is None:
+                text = self._llm_invoke(state)
+            meta["llm_raw"] = text
+            evidence = {i + 1: h.chunk.text for i, h in enumerate(hits)}
+            checked = verify(parse_cited_sentences(text), evidence)
+            meta["removed"] = checked.removed
+            drafts = [DraftSentence(s.text, tuple(n - 1 for n in s.cites)) for s in checked.kept]
+            if drafts and not text.strip().startswith(REFUSAL):
+                answer = self._cited(drafts, hits, meta)
+            else:
+                answer = Answer(answer=REFUSAL, abstained=True, reason=REASON_UNVERIFIED, meta=meta)
+        else:
+            drafts = [DraftSentence(c.text, (c.hit_position,)) for c in picked]
+            # extractive sentences are copied, so verification can only fail on a bug
+            evidence = {i: h.chunk.text for i, h in enumerate(hits)}
+            checked = verify(drafts, evidence)
+            meta["removed"] = checked.removed
+            answer = self._cited(checked.kept, hits, meta)
+            if not answer.citations:
+                answer = Answer(answer=REFUSAL, abstained=True, reason=REASON_INSUFFICIENT, meta=meta)
+        answer.meta["seconds"] = round(time.perf_counter() - state["started"], 4)
+        return answer
+
+    def _cited(
+        self, drafts: Sequence[DraftSentence], hits: Sequence[Hit], meta: dict[str, Any], prefix: str = ""
+    ) -> Answer:
+        """Number the cited passages in order of first use and attach their records."""
+        numbered, order = renumber(drafts)
+        citations = []
+        for n, key in enumerate(order, start=1):
+            chunk = hits[key].chunk
+            record = self.index.source(chunk.source_id)
+            highlights = [d.text for d in drafts if key in d.cites]
+            citations.append(
+                Citation(
+                    n=n,
+                    source_id=chunk.source_id,
+                    title=record.title,
+                    authors=record.authors,
+                    journal=record.journal,
+                    year=record.year,
+                    doi=record.doi,
+                    pmid=record.pmid,
+                    pmcid=record.pmcid,
+                    url=record.url,
+                    section=chunk.section,
+                    page=chunk.page_start,
+                    page_end=chunk.page_end,
+                    chunk_id=chunk.chunk_id,
+                    passage=chunk.text,
+                    highlights=[h for h in highlights if h in chunk.text],
+                )
+            )
+        body = render(numbered)
+        text = f"{prefix} {body}".strip() if prefix else body
+        return Answer(answer=text, citations=citations, abstained=False, reason=None, meta=meta)
+
+    # --- LLM ----------------------------------------------------------------------
+
+    def _llm_messages(self, state: dict[str, Any]) -> list[tuple[str, str]]:
+        from app.llm import build_messages
+
+        return build_messages(state["question"], [h.chunk for h in state["hits"]], self.index)
+
+    def _llm_invoke(self, state: dict[str, Any]) -> str:
+        assert self.llm is not None
+        result = self.llm.invoke(self._llm_messages(state))
+        return str(getattr(result, "content", result))
+
+    def _llm_stream(self, state: dict[str, Any]) -> Iterator[str]:
+        assert self.llm is not None
+        for piece in self.llm.stream(self._llm_messages(state)):
+            yield str(getattr(piece, "content", piece))
+
+
+def load_chain(settings: Settings, model: EmbeddingModel | None = None, llm: Any | None = None) -> QAChain:
+    """Load the embedding model and the index (refusing one built with other settings)."""
+    model = model or load_embedding_model(settings.embedding)
+    index = load_index(settings.paths.index_dir, expected_identity=settings.index_identity(model.dim))
+    if llm is None and settings.answer.mode == "llm":
+        from app.llm import build_chat_model
+
+        llm = build_chat_model(settings.llm)
+    chain = QAChain(settings, index, model, llm=llm)
+    log.info("Loaded %s chunks from %s (%s)", len(index.chunks), settings.paths.index_dir, chain.info["mode"])
+    return chain

@@ -1,0 +1,205 @@
+"""The ``myositis-qa`` command: index, ask, serve, feedback."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from indexer.errors import MyoQAError
+from indexer.settings import Settings, load_settings
+
+log = logging.getLogger(__name__)
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def user_errors(func: F) -> F:
+    """Turn a MyoQAError into a clean CLI error (set MYOQA_DEBUG=1 for the traceback)."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except MyoQAError as exc:
+            if os.environ.get("MYOQA_DEBUG"):
+                raise
+            raise click.ClickException(str(exc)) from exc
+
+    return wrapper  # type: ignore[return-value]
+
+
+def configure_logging(verbose: int) -> None:
+    level = logging.WARNING - 10 * verbose if verbose else logging.INFO
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", force=True)
+    for noisy in ("httpx", "sentence_transformers", "transformers", "faiss", "urllib3"):
+        logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+
+
+def settings_from(ctx: click.Context, **overrides: Any) -> Settings:
+    """Settings with CLI overrides applied to their sections."""
+    nested: dict[str, dict[str, Any]] = {}
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        section, field = key.split("__", 1)
+        nested.setdefault(section, {})[field] = value
+    base = load_settings()
+    if not nested:
+        return base
+    data = base.model_dump()
+    for section, values in nested.items():
+        data[section].update(values)
+    return load_settings(**data)
+
+
+@click.group()
+@click.option(
+    "--config",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar="MYOQA_CONFIG_FILE",
+    help="JSON file with settings (e.g. one course's title, examples and index path).",
+)
+@click.option("-v", "--verbose", count=True, help="More logging (-vv for debug).")
+@click.version_option(package_name="myositis-qa")
+def main(config: Path | None, verbose: int) -> None:
+    """Literature-grounded answers about idiopathic inflammatory myopathies."""
+    configure_logging(verbose)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if config is not None:
+        os.environ["MYOQA_CONFIG_FILE"] = str(config)
+
+
+@main.command()
+@click.option("--rebuild", is_flag=True, help="Re-embed everything instead of only what changed.")
+@click.option("--strict", is_flag=True, help="Fail (exit 1) when any file cannot be indexed.")
+@click.option("--corpus-dir", type=click.Path(file_okay=False, path_type=Path), help="Source folder.")
+@click.option("--manifest", type=click.Path(dir_okay=False, path_type=Path), help="Manifest CSV.")
+@click.option("--index-dir", type=click.Path(file_okay=False, path_type=Path), help="Index folder.")
+@click.option("--progress/--no-progress", default=True, help="Show a progress bar while embedding.")
+@click.pass_context
+@user_errors
+def index(
+    ctx: click.Context,
+    rebuild: bool,
+    strict: bool,
+    corpus_dir: Path | None,
+    manifest: Path | None,
+    index_dir: Path | None,
+    progress: bool,
+) -> None:
+    """Build or update the index from the corpus folder and its manifest."""
+    from indexer.build import build_index
+    from indexer.embeddings import load_embedding_model
+
+    settings = settings_from(
+        ctx, paths__corpus_dir=corpus_dir, paths__manifest=manifest, paths__index_dir=index_dir
+    )
+    model = load_embedding_model(settings.embedding)
+    report = build_index(settings, model, rebuild=rebuild, strict=strict, progress=progress)
+    for problem in report.skipped:
+        click.echo(f"skipped {problem}", err=True)
+    for warning in report.warnings:
+        click.echo(f"warning {warning}", err=True)
+    click.echo(report.summary())
+
+
+def _read_batch(path: Path) -> list[dict[str, Any]]:
+    rows = []
+    for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise MyoQAError(f"{path} line {line_no} is not valid JSON ({exc.msg}).") from exc
+        if not isinstance(row, dict) or not isinstance(row.get("question"), str):
+            raise MyoQAError(f"{path} line {line_no} needs a string field 'question'.")
+        rows.append(row)
+    return rows
+
+
+def format_answer(answer: Any) -> str:
+    """A readable answer with its numbered sources."""
+    lines = [answer.answer, ""]
+    for c in answer.citations:
+        where = ", ".join(
+            part
+            for part in (
+                c.section and f"section {c.section}",
+                c.page and f"p. {c.page}",
+                c.doi and f"doi:{c.doi}",
+                c.pmid and f"PMID {c.pmid}",
+            )
+            if part
+        )
+        lines.append(f"[{c.n}] {c.title} ({c.journal or c.year}). {where}")
+    return "\n".join(lines).rstrip()
+
+
+@main.command()
+@click.argument("question", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print {answer, citations, abstained, reason}.")
+@click.option(
+    "--batch",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="JSONL file with 'id' and 'question' per line; one JSON answer per line.",
+)
+@click.option("--index-dir", type=click.Path(file_okay=False, path_type=Path), help="Index folder.")
+@click.option("--mode", type=click.Choice(["extractive", "llm"]), help="Answerer to use.")
+@click.pass_context
+@user_errors
+def ask(
+    ctx: click.Context,
+    question: str | None,
+    as_json: bool,
+    batch: Path | None,
+    index_dir: Path | None,
+    mode: str | None,
+) -> None:
+    """Answer QUESTION from the indexed literature, with citations."""
+    from app.chain import load_chain
+
+    if batch is None and question is None:
+        raise MyoQAError("Give a question, e.g. myositis-qa ask \"What is anti-MDA5 DM?\", or --batch FILE.")
+    settings = settings_from(ctx, paths__index_dir=index_dir, answer__mode=mode)
+    if batch is not None:
+        rows = _read_batch(batch)
+        chain = load_chain(settings)
+        for row in rows:
+            try:
+                out = chain.ask(row["question"]).contract()
+            except MyoQAError as exc:
+                out = {"error": str(exc)}
+            click.echo(json.dumps({"id": row.get("id"), **out}, ensure_ascii=False))
+        return
+    assert question is not None
+    chain = load_chain(settings)
+    # validate before loading anything heavy is done inside ask()
+    answer = chain.ask(question)
+    if as_json:
+        click.echo(json.dumps(answer.contract(), ensure_ascii=False, indent=2))
+    else:
+        click.echo(format_answer(answer))
+
+
+def _register_optional_commands() -> None:
+    try:
+        from app.cli_serve import feedback, serve
+    except ImportError:  # the chat surface is optional for indexing-only installs
+        return
+    main.add_command(serve)
+    main.add_command(feedback)
+
+
+_register_optional_commands()
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,63 @@
+"""The optional LLM answerer: any LangChain chat model, chosen by settings."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from app.policy import REFUSAL
+from indexer.chunking import Chunk
+from indexer.errors import MyoQAError
+from indexer.settings import LLMSettings
+from indexer.store import LoadedIndex
+
+SYSTEM_PROMPT = f"""You answer questions from medical trainees about idiopathic inflammatory \
+myopathies using ONLY the numbered passages provided.
+Rules:
+- Write 2 to 5 short sentences. End EVERY sentence with the number(s) of the passage(s) that \
+support it, like [1] or [2][3].
+- Copy every number, dose and unit exactly as the passage writes it. Never add a fact, number \
+or citation that is not in the passages.
+- If the passages do not answer the question, reply exactly: {REFUSAL}
+- Do not give advice about an individual patient."""
+
+
+def build_messages(question: str, chunks: Sequence[Chunk], index: LoadedIndex) -> list[tuple[str, str]]:
+    """The prompt: numbered passages with their source, then the question."""
+    blocks = []
+    for n, chunk in enumerate(chunks, start=1):
+        record = index.source(chunk.source_id)
+        blocks.append(f"[{n}] {record.title} — {chunk.section}\n{chunk.text}")
+    human = "Passages:\n\n" + "\n\n".join(blocks) + f"\n\nQuestion: {question}\nAnswer:"
+    return [("system", SYSTEM_PROMPT), ("human", human)]
+
+
+def build_chat_model(settings: LLMSettings) -> Any:
+    """A LangChain chat model for the configured provider (imports are optional extras)."""
+    if not settings.model:
+        raise MyoQAError("answer.mode is 'llm' but no model is set: set MYOQA_LLM__MODEL.")
+    try:
+        if settings.provider == "openai":
+            from langchain_openai import ChatOpenAI
+
+            return ChatOpenAI(
+                model=settings.model,
+                base_url=settings.base_url,
+                api_key=settings.api_key.get_secret_value() if settings.api_key else "not-needed",
+                temperature=settings.temperature,
+                timeout=settings.timeout_s,
+            )
+        if settings.provider == "ollama":
+            from langchain_ollama import ChatOllama
+
+            return ChatOllama(
+                model=settings.model, base_url=settings.base_url, temperature=settings.temperature
+            )
+        from langchain_community.chat_models import ChatLlamaCpp
+
+        return ChatLlamaCpp(model_path=settings.model, temperature=settings.temperature)
+    except ImportError as exc:
+        raise MyoQAError(
+            f"The {settings.provider} answerer needs an optional package ({exc.name}): "
+            "pip install 'myositis-qa[llm]' (and llama-cpp-python for a local GGUF)."
+        ) from exc

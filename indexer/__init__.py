@@ -1,0 +1,1 @@
+"""Build the myositis-qa index: load sources, chunk them, embed, store."""

