@@ -131,6 +131,7 @@ _KNOWN_HEADINGS = frozenset(
 )  # fmt: skip
 _BACK_MATTER = frozenset({"references", "bibliography", "acknowledgements", "acknowledgments"})
 _HYPHEN_BREAK = re.compile(r"(\w)-\n\s*([a-z])")
+_HYPHEN_KEEP = re.compile(r"(\w)-\n\s*([A-Z0-9])")
 
 
 def _normalise_line(line: str) -> str:
@@ -183,6 +184,7 @@ def pdf_pages_to_blocks(pages: list[str]) -> list[Block]:
     section: tuple[str, ...] = ()
     for page_no, lines in enumerate(line_pages, start=1):
         text = _HYPHEN_BREAK.sub(r"\1\2", "\n".join(lines))
+        text = _HYPHEN_KEEP.sub(r"\1-\2", text)  # anti-\nJo-1 stays anti-Jo-1
         paragraph: list[str] = []
 
         def flush(page: int = page_no) -> None:
@@ -210,7 +212,7 @@ def pdf_pages_to_blocks(pages: list[str]) -> list[Block]:
 def load_pdf(path: Path) -> LoadedDocument:
     """Load a PDF with pypdf, one block per paragraph, each knowing its page."""
     from pypdf import PdfReader
-    from pypdf.errors import PdfReadError
+    from pypdf.errors import DependencyError, PdfReadError
 
     try:
         reader = PdfReader(path)
@@ -225,7 +227,7 @@ def load_pdf(path: Path) -> LoadedDocument:
         title = (reader.metadata.title if reader.metadata else None) or None
     except MyoQAError:
         raise
-    except (PdfReadError, ValueError, KeyError, TypeError, OSError) as exc:
+    except (PdfReadError, DependencyError, ValueError, KeyError, TypeError, OSError) as exc:
         raise MyoQAError(f"unreadable PDF ({type(exc).__name__}: {exc})") from exc
     warnings = [
         f"page {n} has no extractable text (scanned image?)"
