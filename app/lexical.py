@@ -12,7 +12,9 @@ from importlib import resources
 _GREEK = {
     "α": "alpha", "β": "beta", "γ": "gamma", "δ": "delta", "κ": "kappa", "μ": "mu",
 }  # fmt: skip
-_SPELLED_GREEK = re.compile(r"(?<=[a-z0-9])-?(alpha|beta|gamma|delta|kappa)\b")
+_SPELLED_GREEK = re.compile(
+    r"(?:(?<=\d)[- ]?|(?<=[a-z])-?)(alpha|beta|gamma|delta|kappa)\b"
+)
 # a token: letters/digits joined by - / . (anti-MDA5, Jo-1, g/kg, 78.7), optionally led by ≥ ≤ < >
 _TOKEN = re.compile(r"[≥≤<>]?[a-z0-9]+(?:[-/.][a-z0-9]+)*")
 _UNITS = frozenset({"g/kg", "mg/kg", "mg", "g", "kg", "mg/m2", "mg/dl", "u/l", "ml", "%"})
@@ -60,6 +62,8 @@ def tokenize(text: str) -> list[str]:
             joined = bare.replace("-", "")
             tokens.append(joined)
             tokens.extend(p for p in bare.split("-") if len(p) > 1 and p not in STOPWORDS)
+            if bare.startswith("anti-") and "-" in bare[5:]:
+                tokens.append(bare[5:])  # anti-jo-1 -> jo-1
         if "/" in bare and bare not in _UNITS:
             tokens.extend(p for p in bare.split("/") if len(p) > 1 and p not in STOPWORDS)
         if (

@@ -44,7 +44,9 @@ def is_patient_specific(question: str) -> bool:
 def is_follow_up(question: str) -> bool:
     """A short or pronoun-led question that leans on the previous turn."""
     terms = content_terms(question)
-    return bool(_FOLLOW_UP_START.match(question)) or bool(_PRONOUN.search(question)) and len(terms) <= 4 or len(terms) <= 2
+    if _FOLLOW_UP_START.match(question) or len(terms) <= 1:
+        return True
+    return bool(_PRONOUN.search(question)) and len(terms) <= 4
 
 
 def condense(question: str, history: Sequence[Message] | None, vocabulary: Collection[str]) -> str:
