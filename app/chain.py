@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 from langchain_core.runnables import Runnable, RunnableLambda
 
-from app.extractive import ExtractiveAnswerer
-from app.lexical import default_synonyms
+from app.extractive import ExtractiveAnswerer, lexical_coverage
+from app.lexical import default_synonyms, tokenize
 from app.policy import (
     GENERAL_GUIDANCE_INTRO,
     PERSONAL_ADVICE,
@@ -51,7 +51,12 @@ class QAChain:
         self.model = model
         self.synonyms = default_synonyms()
         self.retriever = HybridRetriever(index, model, settings.retrieval, self.synonyms)
-        self.extractive = ExtractiveAnswerer(settings.answer, self.synonyms, self.retriever.bm25.idf)
+        self.extractive = ExtractiveAnswerer(
+            settings.answer,
+            self.synonyms,
+            self.retriever.bm25.idf,
+            is_common_word=lambda word: model.count_tokens(word) == 1,
+        )
         self.llm = llm
         self._sentence_matrix = index.all_sentence_vectors()
         self._offsets = index.sentence_offsets()
@@ -143,10 +148,19 @@ class QAChain:
             "retrieved": [h.chunk.chunk_id for h in hits],
             "retrieved_sources": [h.chunk.source_id for h in hits],
         }
-        picked = self.extractive.select(query, hits, self._sentence_vectors(hits)) if hits else []
+        terms = self.extractive.terms(query.text)
+        picked = self.extractive.select(query, terms, hits, self._sentence_vectors(hits)) if hits else []
         best = picked[0].score if picked else 0.0
+        covered: set[str] = set()
+        for candidate in picked[:2]:
+            covered.update(tokenize(candidate.text))
+        coverage = lexical_coverage(covered, terms)
         meta["best_score"] = round(best, 4)
-        supported = best >= self.settings.answer.abstain_threshold
+        meta["coverage"] = round(coverage, 4)
+        supported = (
+            best >= self.settings.answer.abstain_threshold
+            and coverage >= self.settings.answer.min_coverage
+        )
 
         if state["patient_specific"]:
             answer = self._cited(

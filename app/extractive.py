@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from app.lexical import SynonymTable, tokenize
+from app.lexical import SynonymTable, tokenize, words
 from app.retrieval import Hit, Query
 from indexer.settings import AnswerSettings
 
@@ -42,45 +42,78 @@ class Candidate:
     score: float = 0.0
 
 
-def term_alternatives(question: str, synonyms: SynonymTable) -> list[set[str]]:
-    """For each key token of the question, the tokens that count as mentioning it."""
-    groups: list[set[str]] = []
+@dataclass(frozen=True)
+class Term:
+    """A key term of the question: the tokens that count as mentioning it, and its weight."""
+
+    alternatives: frozenset[str]
+    weight: float
+
+
+#: weight of a question word the literature never uses but that is ordinary English
+COMMON_UNKNOWN_WEIGHT = 1.0
+
+
+def question_terms(
+    question: str,
+    synonyms: SynonymTable,
+    idf: Mapping[str, float],
+    is_common_word: Callable[[str], bool],
+) -> list[Term]:
+    """The question's key terms with IDF weights.
+
+    A term the index never uses weighs as much as the rarest indexed term when it
+    looks specific (a name, an acronym, a number, a word the tokenizer does not
+    know whole) — a question about "Japan" or "HLA alleles" is not answered by a
+    passage that merely shares its other words — and little when it is ordinary
+    English ("roughly", "fraction").
+    """
+    rarest = max(idf.values(), default=1.0)
+    original = {t.casefold(): t for t in re.findall(r"[\w-]+", question)}
+    terms: list[Term] = []
     seen: set[str] = set()
-    for token in tokenize(question):
-        if token in seen:
-            continue
-        seen.add(token)
-        alternatives = {token}
-        for group in synonyms.groups:
-            if token in group or any(token in tokenize(term) for term in group if " " not in term):
-                for term in group:
-                    alternatives.update(tokenize(term) if " " not in term else [])
-        groups.append(alternatives)
-    return groups
+    for word in words(question):
+        forms = tokenize(word)
+        if len(forms) > 1 and not any(f in idf for f in forms[:2]):
+            forms = forms[2:]  # an unknown compound (male-to-female): its parts carry the meaning
+        elif len(forms) > 1:
+            forms = forms[:1]
+        for token in forms:
+            if token in seen:
+                continue
+            seen.add(token)
+            alternatives = {token, *tokenize(word)[:2]} if token == tokenize(word)[0] else {token}
+            for group in synonyms.token_groups:
+                if token in group:
+                    alternatives |= group
+            known = [idf[t] for t in alternatives if t in idf]
+            if known:
+                weight = max(max(known), 0.5)
+            else:
+                raw = original.get(token, token)
+                specific = (
+                    raw[:1].isupper()
+                    or any(ch.isdigit() for ch in token)
+                    or not is_common_word(token)
+                )
+                weight = rarest if specific else COMMON_UNKNOWN_WEIGHT
+            terms.append(Term(frozenset(alternatives), weight))
+    return terms
 
 
-def lexical_coverage(
-    sentence_tokens: set[str], terms: Sequence[set[str]], idf: Mapping[str, float]
-) -> float:
-    """IDF-weighted share of the question's terms that the sentence mentions (0..1)."""
-    if not terms:
+def lexical_coverage(sentence_tokens: set[str], terms: Sequence[Term]) -> float:
+    """Weighted share of the question's terms that the tokens mention (0..1)."""
+    total = sum(t.weight for t in terms)
+    if not total:
         return 0.0
-    total = hit = 0.0
-    for alternatives in terms:
-        weight = max((idf.get(t, 0.0) for t in alternatives), default=0.0)
-        weight = max(weight, 0.5)
-        total += weight
-        if alternatives & sentence_tokens:
-            hit += weight
-    return hit / total if total else 0.0
+    return sum(t.weight for t in terms if t.alternatives & sentence_tokens) / total
 
 
 def candidates_from(
     query: Query,
     hits: Sequence[Hit],
     sentence_vectors: Sequence[np.ndarray],
-    terms: Sequence[set[str]],
-    idf: Mapping[str, float],
+    terms: Sequence[Term],
 ) -> list[Candidate]:
     """Score every sentence of every hit; merge a dangling sentence with its predecessor."""
     assert query.vector is not None
@@ -97,7 +130,7 @@ def candidates_from(
                 vector = vectors[i - 1] + vectors[i]
                 vector = vector / (np.linalg.norm(vector) or 1.0)
             semantic = float(np.dot(query.vector, vector))
-            lexical = lexical_coverage(set(tokenize(text)), terms, idf)
+            lexical = lexical_coverage(set(tokenize(text)), terms)
             score = (SEMANTIC_WEIGHT * semantic + LEXICAL_WEIGHT * lexical) * prior
             out.append(Candidate(position, text, vector, semantic, lexical, score))
     return out
@@ -140,16 +173,25 @@ class ExtractiveAnswerer:
 
     name = "extractive"
 
-    def __init__(self, settings: AnswerSettings, synonyms: SynonymTable, idf: Mapping[str, float]):
+    def __init__(
+        self,
+        settings: AnswerSettings,
+        synonyms: SynonymTable,
+        idf: Mapping[str, float],
+        is_common_word: Callable[[str], bool],
+    ):
         self.settings = settings
         self.synonyms = synonyms
         self.idf = bm25_idf(idf)
+        self.is_common_word = is_common_word
+
+    def terms(self, question: str) -> list[Term]:
+        return question_terms(question, self.synonyms, self.idf, self.is_common_word)
 
     def select(
-        self, query: Query, hits: Sequence[Hit], sentence_vectors: Sequence[np.ndarray]
+        self, query: Query, terms: Sequence[Term], hits: Sequence[Hit], sentence_vectors: Sequence[np.ndarray]
     ) -> list[Candidate]:
-        terms = term_alternatives(query.text, self.synonyms)
-        candidates = candidates_from(query, hits, sentence_vectors, terms, self.idf)
+        candidates = candidates_from(query, hits, sentence_vectors, terms)
         return select_mmr(
             candidates, self.settings.max_sentences, self.settings.min_sentences, self.settings.mmr_lambda
         )

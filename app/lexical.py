@@ -6,8 +6,10 @@ import json
 import re
 import unicodedata
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, lru_cache
 from importlib import resources
+
+import snowballstemmer
 
 _GREEK = {
     "α": "alpha", "β": "beta", "γ": "gamma", "δ": "delta", "κ": "kappa", "μ": "mu",
@@ -40,6 +42,15 @@ def normalise(text: str) -> str:
     return _SPELLED_GREEK.sub(r"\1", text)
 
 
+_STEMMER = snowballstemmer.stemmer("english")
+
+
+@lru_cache(maxsize=65536)
+def stem(token: str) -> str:
+    """Snowball stem of a purely alphabetic token (prevalence, prevalent -> preval); others as is."""
+    return _STEMMER.stemWord(token) if token.isalpha() else token
+
+
 def tokenize(text: str) -> list[str]:
     """BM25 tokens: whole domain tokens plus their parts.
 
@@ -47,8 +58,12 @@ def tokenize(text: str) -> list[str]:
     ``TIF1γ``, ``TIF1-gamma`` and ``TIF-1γ`` all meet at ``tif1gamma``) and the
     parts ``anti``, ``mda5``; ``≥5.5`` gives ``≥5.5`` and ``5.5``; a number
     followed by a unit also gives the joined form (``2 g/kg`` -> ``2g/kg``).
-    Stopwords are dropped.
+    Stopwords are dropped; purely alphabetic tokens are stemmed.
     """
+    return [stem(t) for t in _raw_tokens(text)]
+
+
+def _raw_tokens(text: str) -> list[str]:
     tokens: list[str] = []
     raw = _TOKEN.findall(normalise(text))
     for position, token in enumerate(raw):
@@ -58,6 +73,11 @@ def tokenize(text: str) -> list[str]:
         bare = token.lstrip("≥≤<>")
         if bare != token:
             tokens.append(bare)
+        ordinal = re.fullmatch(r"(\d+)(?:st|nd|rd|th)", bare)
+        if ordinal:
+            tokens.append(ordinal.group(1))  # 272nd -> 272
+        if re.fullmatch(r"\d+\.0+", bare):
+            tokens.append(bare.split(".")[0])  # 2.0 -> 2
         if "-" in bare:
             joined = bare.replace("-", "")
             tokens.append(joined)
@@ -75,6 +95,11 @@ def tokenize(text: str) -> list[str]:
     return tokens
 
 
+def words(text: str) -> list[str]:
+    """The non-stopword word tokens of a text, normalised but not split or stemmed."""
+    return [t for t in _TOKEN.findall(normalise(text)) if t not in STOPWORDS]
+
+
 def content_terms(text: str) -> list[str]:
     """The distinct whole tokens of a text (no parts), in order; for coverage checks."""
     seen: dict[str, None] = {}
@@ -88,6 +113,11 @@ def content_terms(text: str) -> list[str]:
 class SynonymTable:
     groups: tuple[tuple[str, ...], ...]
 
+    @property
+    def token_groups(self) -> tuple[frozenset[str], ...]:
+        """Each group as the set of single-token forms of its terms (for term matching)."""
+        return _token_groups(self.groups)
+
     def expansions(self, text: str) -> list[str]:
         """Terms equivalent to those found in ``text`` that ``text`` does not already contain."""
         padded = f" {' '.join(_TOKEN.findall(normalise(text)))} "
@@ -96,6 +126,15 @@ class SynonymTable:
             if any(f" {term} " in padded for term in group):
                 extra.extend(t for t in group if f" {t} " not in padded and t not in extra)
         return extra
+
+
+@cache
+def _token_groups(groups: tuple[tuple[str, ...], ...]) -> tuple[frozenset[str], ...]:
+    out = []
+    for group in groups:
+        single = [tokenize(term) for term in group]
+        out.append(frozenset(t[0] for t in single if len(t) == 1))
+    return tuple(out)
 
 
 @cache

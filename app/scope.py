@@ -5,12 +5,12 @@ from __future__ import annotations
 import re
 from collections.abc import Collection, Sequence
 
-from app.lexical import content_terms
+from app.lexical import content_terms, stem
 from app.schema import Message
 
 _PERSONAL = re.compile(
     r"""
-    \bmy\s+(?:own\s+)?(?:patient|patients|mother|mum|mom|father|dad|wife|husband|son|daughter|
+    \bmy\s+(?:[\w'-]+\s+){0,4}?(?:patient|patients|patient's|mother|mum|mom|father|dad|wife|husband|son|daughter|
         child|kid|baby|sister|brother|friend|partner|grandmother|grandfather|aunt|uncle|
         cousin|colleague|boss)\b
     | \b(?:should|can|could|shall)\s+i\s+(?:give|prescribe|start|stop|take|increase|reduce|
@@ -66,5 +66,5 @@ def condense(question: str, history: Sequence[Message] | None, vocabulary: Colle
 
 def _carry(question: str, previous: str, vocabulary: Collection[str]) -> str:
     own = set(content_terms(question))
-    carried = [t for t in content_terms(previous) if t in vocabulary and t not in own]
+    carried = [t for t in content_terms(previous) if stem(t) in vocabulary and t not in own]
     return f"{question} {' '.join(carried)}".strip() if carried else question

@@ -105,6 +105,13 @@ class AnswerSettings(_Section):
         description="Abstain when the best sentence's support score is below this "
         "(calibrated on evals/questions/dev.jsonl; see evals/README).",
     )
+    min_coverage: float = Field(
+        default=0.0,
+        ge=0,
+        le=1,
+        description="Abstain when the chosen evidence mentions less than this weighted share of "
+        "the question's key terms (calibrated like abstain_threshold).",
+    )
     max_question_chars: int = Field(
         default=1000, ge=10, description="Longest accepted question, in characters."
     )

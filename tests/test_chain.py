@@ -116,7 +116,7 @@ def test_follow_up_carries_the_previous_entities() -> None:
         {"role": "user", "content": "How is dermatomyositis treated?"},
         {"role": "assistant", "content": "Glucocorticoids [1]."},
     ]
-    vocabulary = {"dermatomyositis", "treated", "children"}
+    vocabulary = set(tokenize("dermatomyositis treated children"))
     assert is_follow_up("and what about in children?")
     assert condense("and what about in children?", history, vocabulary) == (
         "and what about in children? dermatomyositis treated"
