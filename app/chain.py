@@ -61,7 +61,9 @@ class QAChain:
         self._sentence_matrix = index.all_sentence_vectors()
         self._offsets = index.sentence_offsets()
         self.runnable: Runnable[dict[str, Any], Answer] = (
-            RunnableLambda(self._prepare) | RunnableLambda(self._retrieve) | RunnableLambda(self._answer)
+            RunnableLambda(self._prepare)
+            | RunnableLambda(self._retrieve)
+            | RunnableLambda(self._answer)
         )
 
     # --- public -------------------------------------------------------------------
@@ -94,12 +96,16 @@ class QAChain:
     def ask(self, question: str, history: Sequence[Message] | None = None) -> Answer:
         return self.runnable.invoke({"question": question, "history": list(history or [])})
 
-    def stream(self, question: str, history: Sequence[Message] | None = None) -> Iterator[str | Answer]:
+    def stream(
+        self, question: str, history: Sequence[Message] | None = None
+    ) -> Iterator[str | Answer]:
         """Yield the answer text in pieces (tokens for a streaming LLM), then the Answer.
 
         The final ``Answer`` is the verified one; a UI shows it in place of the pieces.
         """
-        state = self._retrieve(self._prepare({"question": question, "history": list(history or [])}))
+        state = self._retrieve(
+            self._prepare({"question": question, "history": list(history or [])})
+        )
         if self.llm is not None and not state["patient_specific"]:
             pieces: list[str] = []
             for piece in self._llm_stream(state):
@@ -136,7 +142,9 @@ class QAChain:
 
     def _sentence_vectors(self, hits: Sequence[Hit]) -> list[np.ndarray]:
         return [
-            self._sentence_matrix[self._offsets[h.row] : self._offsets[h.row] + len(h.chunk.sentences)]
+            self._sentence_matrix[
+                self._offsets[h.row] : self._offsets[h.row] + len(h.chunk.sentences)
+            ]
             for h in hits
         ]
 
@@ -149,7 +157,9 @@ class QAChain:
             "retrieved_sources": [h.chunk.source_id for h in hits],
         }
         terms = self.extractive.terms(query.text)
-        picked = self.extractive.select(query, terms, hits, self._sentence_vectors(hits)) if hits else []
+        picked = (
+            self.extractive.select(query, terms, hits, self._sentence_vectors(hits)) if hits else []
+        )
         best = picked[0].score if picked else 0.0
         covered: set[str] = set()
         for candidate in picked[:2]:
@@ -193,12 +203,18 @@ class QAChain:
             meta["removed"] = checked.removed
             answer = self._cited(checked.kept, hits, meta)
             if not answer.citations:
-                answer = Answer(answer=REFUSAL, abstained=True, reason=REASON_INSUFFICIENT, meta=meta)
+                answer = Answer(
+                    answer=REFUSAL, abstained=True, reason=REASON_INSUFFICIENT, meta=meta
+                )
         answer.meta["seconds"] = round(time.perf_counter() - state["started"], 4)
         return answer
 
     def _cited(
-        self, drafts: Sequence[DraftSentence], hits: Sequence[Hit], meta: dict[str, Any], prefix: str = ""
+        self,
+        drafts: Sequence[DraftSentence],
+        hits: Sequence[Hit],
+        meta: dict[str, Any],
+        prefix: str = "",
     ) -> Answer:
         """Number the cited passages in order of first use and attach their records."""
         numbered, order = renumber(drafts)
@@ -249,14 +265,23 @@ class QAChain:
             yield str(getattr(piece, "content", piece))
 
 
-def load_chain(settings: Settings, model: EmbeddingModel | None = None, llm: Any | None = None) -> QAChain:
+def load_chain(
+    settings: Settings, model: EmbeddingModel | None = None, llm: Any | None = None
+) -> QAChain:
     """Load the embedding model and the index (refusing one built with other settings)."""
     model = model or load_embedding_model(settings.embedding)
-    index = load_index(settings.paths.index_dir, expected_identity=settings.index_identity(model.dim))
+    index = load_index(
+        settings.paths.index_dir, expected_identity=settings.index_identity(model.dim)
+    )
     if llm is None and settings.answer.mode == "llm":
         from app.llm import build_chat_model
 
         llm = build_chat_model(settings.llm)
     chain = QAChain(settings, index, model, llm=llm)
-    log.info("Loaded %s chunks from %s (%s)", len(index.chunks), settings.paths.index_dir, chain.info["mode"])
+    log.info(
+        "Loaded %s chunks from %s (%s)",
+        len(index.chunks),
+        settings.paths.index_dir,
+        chain.info["mode"],
+    )
     return chain

@@ -80,7 +80,9 @@ def main(config: Path | None, verbose: int) -> None:
 @main.command()
 @click.option("--rebuild", is_flag=True, help="Re-embed everything instead of only what changed.")
 @click.option("--strict", is_flag=True, help="Fail (exit 1) when any file cannot be indexed.")
-@click.option("--corpus-dir", type=click.Path(file_okay=False, path_type=Path), help="Source folder.")
+@click.option(
+    "--corpus-dir", type=click.Path(file_okay=False, path_type=Path), help="Source folder."
+)
 @click.option("--manifest", type=click.Path(dir_okay=False, path_type=Path), help="Manifest CSV.")
 @click.option("--index-dir", type=click.Path(file_okay=False, path_type=Path), help="Index folder.")
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar while embedding.")
@@ -109,6 +111,19 @@ def index(
     for warning in report.warnings:
         click.echo(f"warning {warning}", err=True)
     click.echo(report.summary())
+
+
+@main.command(name="settings")
+@click.option("--table", is_flag=True, help="Print the README's configuration table.")
+@user_errors
+def show_settings(table: bool) -> None:
+    """Print the effective settings as JSON (secrets hidden), or the settings table."""
+    from indexer.settings import settings_table
+
+    if table:
+        click.echo(settings_table())
+        return
+    click.echo(load_settings().model_dump_json(indent=2))
 
 
 def _read_batch(path: Path) -> list[dict[str, Any]]:
@@ -146,7 +161,9 @@ def format_answer(answer: Any) -> str:
 
 @main.command()
 @click.argument("question", required=False)
-@click.option("--json", "as_json", is_flag=True, help="Print {answer, citations, abstained, reason}.")
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print {answer, citations, abstained, reason}."
+)
 @click.option(
     "--batch",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -168,7 +185,9 @@ def ask(
     from app.chain import load_chain
 
     if batch is None and question is None:
-        raise MyoQAError("Give a question, e.g. myositis-qa ask \"What is anti-MDA5 DM?\", or --batch FILE.")
+        raise MyoQAError(
+            'Give a question, e.g. myositis-qa ask "What is anti-MDA5 DM?", or --batch FILE.'
+        )
     settings = settings_from(ctx, paths__index_dir=index_dir, answer__mode=mode)
     if batch is not None:
         rows = _read_batch(batch)

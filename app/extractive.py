@@ -146,6 +146,7 @@ def select_mmr(
     best = pool[0].score
     chosen: list[Candidate] = []
     while pool and len(chosen) < max_sentences:
+
         def marginal(c: Candidate) -> float:
             redundancy = max((float(np.dot(c.vector, s.vector)) for s in chosen), default=0.0)
             return mmr_lambda * c.score - (1 - mmr_lambda) * redundancy
@@ -189,9 +190,16 @@ class ExtractiveAnswerer:
         return question_terms(question, self.synonyms, self.idf, self.is_common_word)
 
     def select(
-        self, query: Query, terms: Sequence[Term], hits: Sequence[Hit], sentence_vectors: Sequence[np.ndarray]
+        self,
+        query: Query,
+        terms: Sequence[Term],
+        hits: Sequence[Hit],
+        sentence_vectors: Sequence[np.ndarray],
     ) -> list[Candidate]:
         candidates = candidates_from(query, hits, sentence_vectors, terms)
         return select_mmr(
-            candidates, self.settings.max_sentences, self.settings.min_sentences, self.settings.mmr_lambda
+            candidates,
+            self.settings.max_sentences,
+            self.settings.min_sentences,
+            self.settings.mmr_lambda,
         )

@@ -22,7 +22,9 @@ or citation that is not in the passages.
 - Do not give advice about an individual patient."""
 
 
-def build_messages(question: str, chunks: Sequence[Chunk], index: LoadedIndex) -> list[tuple[str, str]]:
+def build_messages(
+    question: str, chunks: Sequence[Chunk], index: LoadedIndex
+) -> list[tuple[str, str]]:
     """The prompt: numbered passages with their source, then the question."""
     blocks = []
     for n, chunk in enumerate(chunks, start=1):

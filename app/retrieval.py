@@ -87,9 +87,7 @@ class HybridRetriever:
         self.settings = settings
         self.synonyms = synonyms or default_synonyms()
         self.reranker = reranker or KeepOrder()
-        corpus_tokens = [
-            tokenize(f"{c.section} {c.text}") for c in index.chunks
-        ]
+        corpus_tokens = [tokenize(f"{c.section} {c.text}") for c in index.chunks]
         self.bm25 = BM25Okapi(corpus_tokens)
         self.vocabulary = {t for tokens in corpus_tokens for t in tokens}
 
@@ -107,7 +105,9 @@ class HybridRetriever:
         k = min(self.settings.dense_k, len(self.index.chunks))
         scores, rows = self.index.vectors.search(query.vector[None, :].astype(np.float32), k)
         ranking = [int(r) for r in rows[0] if r >= 0]
-        return ranking, {int(r): float(s) for r, s in zip(rows[0], scores[0], strict=True) if r >= 0}
+        return ranking, {
+            int(r): float(s) for r, s in zip(rows[0], scores[0], strict=True) if r >= 0
+        }
 
     def bm25_ranking(self, query: Query) -> tuple[list[int], dict[int, float]]:
         if not query.tokens:
@@ -125,7 +125,9 @@ class HybridRetriever:
         dense, dense_scores = self.dense_ranking(query) if mode != "bm25" else ([], {})
         lexical, bm25_scores = self.bm25_ranking(query) if mode != "dense" else ([], {})
         fused = reciprocal_rank_fusion(
-            [dense, lexical], [self.settings.dense_weight, self.settings.bm25_weight], self.settings.rrf_k
+            [dense, lexical],
+            [self.settings.dense_weight, self.settings.bm25_weight],
+            self.settings.rrf_k,
         )
         dense_rank = {row: i for i, row in enumerate(dense, start=1)}
         bm25_rank = {row: i for i, row in enumerate(lexical, start=1)}

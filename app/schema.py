@@ -63,6 +63,8 @@ class QAService(Protocol):
         """Answer a question; raises ``MyoQAError`` for an empty or over-long question."""
         ...
 
-    def stream(self, question: str, history: Sequence[Message] | None = None) -> Iterator[str | Answer]:
+    def stream(
+        self, question: str, history: Sequence[Message] | None = None
+    ) -> Iterator[str | Answer]:
         """Yield pieces of answer text as they are ready, then the final ``Answer``."""
         ...

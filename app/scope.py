@@ -55,7 +55,9 @@ def condense(question: str, history: Sequence[Message] | None, vocabulary: Colle
     ``vocabulary`` is the set of index tokens: only terms the literature uses are
     carried over, so chit-chat in the history does not pollute the search.
     """
-    previous = [m["content"] for m in (history or []) if m.get("role") == "user" and m.get("content")]
+    previous = [
+        m["content"] for m in (history or []) if m.get("role") == "user" and m.get("content")
+    ]
     if not previous:
         return question
     context = previous[0]

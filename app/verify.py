@@ -69,12 +69,17 @@ def verify(sentences: Sequence[DraftSentence], evidence: Mapping[int, str]) -> V
             continue
         missing = [n for n in sentence.cites if n not in evidence]
         if missing:
-            result.removed.append({"sentence": sentence.text, "why": f"citation out of range: {missing}"})
+            result.removed.append(
+                {"sentence": sentence.text, "why": f"citation out of range: {missing}"}
+            )
             continue
         extra = unsupported_numbers(sentence.text, [evidence[n] for n in sentence.cites])
         if extra:
             result.removed.append(
-                {"sentence": sentence.text, "why": f"numbers not in cited passages: {sorted(extra)}"}
+                {
+                    "sentence": sentence.text,
+                    "why": f"numbers not in cited passages: {sorted(extra)}",
+                }
             )
             continue
         result.kept.append(sentence)
@@ -94,7 +99,8 @@ def renumber(sentences: Sequence[DraftSentence]) -> tuple[list[DraftSentence], l
                 order.append(key)
     new_number = {key: i for i, key in enumerate(order, start=1)}
     renumbered = [
-        DraftSentence(s.text, tuple(dict.fromkeys(new_number[k] for k in s.cites))) for s in sentences
+        DraftSentence(s.text, tuple(dict.fromkeys(new_number[k] for k in s.cites)))
+        for s in sentences
     ]
     return renumbered, order
 

@@ -49,14 +49,18 @@ def file_hash(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _previous_index(settings: Settings, identity: dict[str, object], rebuild: bool) -> LoadedIndex | None:
+def _previous_index(
+    settings: Settings, identity: dict[str, object], rebuild: bool
+) -> LoadedIndex | None:
     index_dir = settings.paths.index_dir
     if rebuild or not (index_dir / "manifest.json").exists():
         return None
     try:
         return load_index(index_dir, expected_identity=identity)
     except MyoQAError as exc:
-        log.warning("Not reusing the existing index: %s Doing a full build.", str(exc).split(". Rebuild")[0])
+        log.warning(
+            "Not reusing the existing index: %s Doing a full build.", str(exc).split(". Rebuild")[0]
+        )
         return None
 
 
@@ -157,7 +161,9 @@ def build_index(
     texts = [c.embedding_text() for c in to_embed]
     for chunk in to_embed:
         texts.extend(chunk.sentence_texts())
-    fresh = model.embed_documents(texts, batch_size=settings.embedding.batch_size, progress=progress)
+    fresh = model.embed_documents(
+        texts, batch_size=settings.embedding.batch_size, progress=progress
+    )
     row = len(to_embed)
     for position, chunk in enumerate(to_embed):
         n = len(chunk.sentences)

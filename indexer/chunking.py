@@ -64,9 +64,9 @@ class _Sentence:
     tokens: int
 
 
-def document_sentences(blocks: Sequence[Block], count_tokens: TokenCounter) -> list[
-    tuple[tuple[str, ...], list[_Sentence]]
-]:
+def document_sentences(
+    blocks: Sequence[Block], count_tokens: TokenCounter
+) -> list[tuple[tuple[str, ...], list[_Sentence]]]:
     """Sentences grouped by consecutive section, with offsets into the joined document text."""
     offset = 0
     located: list[tuple[tuple[str, ...], _Sentence]] = []
@@ -74,7 +74,10 @@ def document_sentences(blocks: Sequence[Block], count_tokens: TokenCounter) -> l
         for a, b in sentence_spans(block.text):
             text = block.text[a:b]
             located.append(
-                (block.section, _Sentence(text, block.page, offset + a, offset + b, count_tokens(text)))
+                (
+                    block.section,
+                    _Sentence(text, block.page, offset + a, offset + b, count_tokens(text)),
+                )
             )
         offset += len(block.text) + 2  # blocks are joined by a blank line
     return [
@@ -138,7 +141,9 @@ def chunk_blocks(
         units: list[_Sentence] = []
         for sentence in sentences:
             units.extend(
-                _split_long(sentence, budget, count_tokens) if sentence.tokens > budget else [sentence]
+                _split_long(sentence, budget, count_tokens)
+                if sentence.tokens > budget
+                else [sentence]
             )
         for group in _pack(units, budget, overlap_tokens):
             text = " ".join(s.text for s in group)

@@ -81,7 +81,9 @@ class EmbeddingModel:
     count_tokens: TokenCounter
     calls: int = 0
 
-    def embed_documents(self, texts: Sequence[str], batch_size: int = 32, progress: bool = False) -> np.ndarray:
+    def embed_documents(
+        self, texts: Sequence[str], batch_size: int = 32, progress: bool = False
+    ) -> np.ndarray:
         """Embed texts in batches; returns L2-normalised float32 rows."""
         from tqdm import tqdm
 
@@ -132,8 +134,10 @@ def load_embedding_model(settings: EmbeddingSettings) -> EmbeddingModel:
             "or the default packaged model."
         ) from exc
     tokenizer = model.tokenizer
-    dim = int(model.get_embedding_dimension() if hasattr(model, "get_embedding_dimension")
-              else model.get_sentence_embedding_dimension())
+    getter = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
+    dim, max_len = getter(), model.max_seq_length
+    if dim is None or max_len is None:
+        raise MyoQAError(f"The embedding model {settings.model!r} does not report its dimension.")
 
     def count_tokens(text: str) -> int:
         return len(tokenizer.tokenize(text))
@@ -141,8 +145,8 @@ def load_embedding_model(settings: EmbeddingSettings) -> EmbeddingModel:
     return EmbeddingModel(
         embeddings=SentenceTransformerEmbeddings(model),
         model_id=settings.model,
-        dim=dim,
-        max_seq_length=int(model.max_seq_length),
+        dim=int(dim),
+        max_seq_length=int(max_len),
         count_tokens=count_tokens,
     )
 

@@ -110,9 +110,7 @@ def parse_markdown(text: str) -> LoadedDocument:
 def parse_plain_text(text: str) -> LoadedDocument:
     """Blocks from plain text: paragraphs separated by blank lines, no sections."""
     blocks = [
-        Block(normalize_space(p), ())
-        for p in re.split(r"\n\s*\n", text)
-        if normalize_space(p)
+        Block(normalize_space(p), ()) for p in re.split(r"\n\s*\n", text) if normalize_space(p)
     ]
     return LoadedDocument(title=None, blocks=blocks)
 
@@ -182,30 +180,30 @@ def pdf_pages_to_blocks(pages: list[str]) -> list[Block]:
     line_pages = strip_running_lines([p.splitlines() for p in pages])
     blocks: list[Block] = []
     section: tuple[str, ...] = ()
+    paragraph: list[str] = []
+
+    def flush(page: int) -> None:
+        if paragraph:
+            joined = normalize_space(" ".join(paragraph))
+            if joined:
+                blocks.append(Block(joined, section, page))
+            paragraph.clear()
+
     for page_no, lines in enumerate(line_pages, start=1):
         text = _HYPHEN_BREAK.sub(r"\1\2", "\n".join(lines))
         text = _HYPHEN_KEEP.sub(r"\1-\2", text)  # anti-\nJo-1 stays anti-Jo-1
-        paragraph: list[str] = []
-
-        def flush(page: int = page_no) -> None:
-            if paragraph:
-                joined = normalize_space(" ".join(paragraph))
-                if joined:
-                    blocks.append(Block(joined, section, page))
-                paragraph.clear()
-
         for line in text.splitlines():
             if _is_heading(line):
-                flush()
+                flush(page_no)
                 name = line.strip().rstrip(":")
                 if name.lower() in _BACK_MATTER:
                     return blocks
                 section = (re.sub(r"^\d+(?:\.\d+)*\.?\s+", "", name),)
             elif not line.strip():
-                flush()
+                flush(page_no)
             else:
                 paragraph.append(line.strip())
-        flush()
+        flush(page_no)
     return blocks
 
 

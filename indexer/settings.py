@@ -96,7 +96,10 @@ class AnswerSettings(_Section):
     max_sentences: int = Field(default=4, ge=1, le=8, description="Most sentences in an answer.")
     min_sentences: int = Field(default=2, ge=1, le=8, description="Sentences aimed for.")
     mmr_lambda: float = Field(
-        default=0.75, ge=0, le=1, description="Relevance vs. diversity trade-off when picking sentences."
+        default=0.75,
+        ge=0,
+        le=1,
+        description="Relevance vs. diversity trade-off when picking sentences.",
     )
     abstain_threshold: float = Field(
         default=0.45,
@@ -231,3 +234,26 @@ def load_settings(**overrides: Any) -> Settings:
         return Settings(**overrides)
     except ValueError as exc:
         raise MyoQAError(f"Invalid settings: {exc}") from exc
+
+
+def settings_table() -> str:
+    """The README's configuration table, generated from the fields above."""
+    rows = ["| setting | environment variable | default | description |", "|---|---|---|---|"]
+    for section_name, section_field in Settings.model_fields.items():
+        section_type = section_field.annotation
+        assert isinstance(section_type, type) and issubclass(section_type, BaseModel)
+        defaults = section_type()
+        for name, field in section_type.model_fields.items():
+            value = getattr(defaults, name)
+            if isinstance(value, SecretStr) or name == "api_key":
+                shown = "(unset)"
+            elif isinstance(value, list):
+                shown = f"{len(value)} items" if value else "[]"
+            else:
+                shown = "(unset)" if value is None else str(value)
+            description = (field.description or "").replace("|", "\\|")
+            rows.append(
+                f"| `{section_name}.{name}` | `MYOQA_{section_name.upper()}__{name.upper()}` "
+                f"| `{shown}` | {description} |"
+            )
+    return "\n".join(rows)

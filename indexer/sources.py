@@ -102,7 +102,9 @@ def plan_sources(corpus_dir: Path, manifest: Path) -> SourcePlan:
         file_path = (corpus_dir / record.file).resolve()
         listed.add(file_path)
         if not file_path.is_file():
-            problems.append(Problem(record.id, f"manifest names {record.file}, which does not exist"))
+            problems.append(
+                Problem(record.id, f"manifest names {record.file}, which does not exist")
+            )
             continue
         if file_path.suffix.lower() not in SUPPORTED_SUFFIXES:
             problems.append(Problem(record.id, f"unsupported file type {file_path.suffix}"))

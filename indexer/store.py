@@ -145,7 +145,9 @@ def read_manifest(index_dir: Path) -> IndexManifest:
     try:
         manifest = IndexManifest.model_validate_json(path.read_text(encoding="utf-8"))
     except (ValidationError, ValueError) as exc:
-        raise MyoQAError(f"The index at {index_dir} is damaged or from another version. {REBUILD_HINT}") from exc
+        raise MyoQAError(
+            f"The index at {index_dir} is damaged or from another version. {REBUILD_HINT}"
+        ) from exc
     return manifest
 
 
@@ -184,17 +186,20 @@ def load_index(index_dir: Path, expected_identity: dict[str, Any] | None = None)
         vectors = faiss.read_index(str(index_dir / VECTORS_FILE))
         sentence_vectors = faiss.read_index(str(index_dir / SENTENCES_FILE))
     except (OSError, ValidationError, ValueError, RuntimeError) as exc:
-        raise MyoQAError(f"The index at {index_dir} is incomplete or damaged ({exc}). {REBUILD_HINT}") from exc
+        raise MyoQAError(
+            f"The index at {index_dir} is incomplete or damaged ({exc}). {REBUILD_HINT}"
+        ) from exc
     if vectors.ntotal != len(chunks) or len(chunks) != manifest.n_chunks:
         raise MyoQAError(
             f"The index at {index_dir} is inconsistent ({vectors.ntotal} vectors, {len(chunks)} chunks). "
             f"{REBUILD_HINT}"
         )
     if sentence_vectors.ntotal != sum(len(c.sentences) for c in chunks):
-        raise MyoQAError(f"The index at {index_dir} is inconsistent (sentence vectors). {REBUILD_HINT}")
+        raise MyoQAError(
+            f"The index at {index_dir} is inconsistent (sentence vectors). {REBUILD_HINT}"
+        )
     if vectors.d != manifest.identity.get("embedding_dim"):
         raise MyoQAError(f"The index at {index_dir} has vectors of the wrong size. {REBUILD_HINT}")
     return LoadedIndex(
         manifest=manifest, chunks=chunks, vectors=vectors, sentence_vectors=sentence_vectors
     )
-

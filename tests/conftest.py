@@ -115,7 +115,9 @@ def real_model() -> EmbeddingModel:
 
 
 @pytest.fixture(scope="session")
-def bundled_index(tmp_path_factory: pytest.TempPathFactory, real_model: EmbeddingModel) -> Iterator[Settings]:
+def bundled_index(
+    tmp_path_factory: pytest.TempPathFactory, real_model: EmbeddingModel
+) -> Iterator[Settings]:
     """The bundled corpus indexed once per session with the real model."""
     from indexer.build import build_index
 

@@ -105,7 +105,10 @@ def test_patient_specific_requests_are_recognised(question: str) -> None:
 
 @pytest.mark.parametrize(
     "question",
-    ["What prednisolone dose does the BSR guideline advise for adults?", "Is IVIG effective in DM?"],
+    [
+        "What prednisolone dose does the BSR guideline advise for adults?",
+        "Is IVIG effective in DM?",
+    ],
 )
 def test_general_questions_are_not_patient_specific(question: str) -> None:
     assert not is_patient_specific(question)
@@ -121,7 +124,10 @@ def test_follow_up_carries_the_previous_entities() -> None:
     assert condense("and what about in children?", history, vocabulary) == (
         "and what about in children? dermatomyositis treated"
     )
-    assert condense("What is anti-HMGCR myopathy?", history, vocabulary) == "What is anti-HMGCR myopathy?"
+    assert (
+        condense("What is anti-HMGCR myopathy?", history, vocabulary)
+        == "What is anti-HMGCR myopathy?"
+    )
 
 
 # --- chain wiring with fakes ------------------------------------------------------------------
@@ -138,7 +144,7 @@ def fake_chain(tiny_settings: Settings, fake_model: EmbeddingModel) -> QAChain:
 
 @pytest.mark.parametrize("question", ["", "   \n ", "x" * 1001])
 def test_empty_or_overlong_questions_are_user_errors(fake_chain: QAChain, question: str) -> None:
-    with pytest.raises(MyoQAError, match="type a question|limit is 1000"):
+    with pytest.raises(MyoQAError, match=r"type a question|limit is 1000"):
         fake_chain.ask(question)
 
 
@@ -150,8 +156,20 @@ def test_extractive_answer_cites_what_it_quotes(fake_chain: QAChain) -> None:
         assert citation.highlights and all(h in citation.passage for h in citation.highlights)
     contract = answer.contract()
     assert set(contract) == {"answer", "citations", "abstained", "reason"}
-    assert {"n", "source_id", "title", "authors", "journal", "year", "doi", "pmid", "section",
-            "page", "chunk_id", "passage"} <= set(contract["citations"][0])
+    assert {
+        "n",
+        "source_id",
+        "title",
+        "authors",
+        "journal",
+        "year",
+        "doi",
+        "pmid",
+        "section",
+        "page",
+        "chunk_id",
+        "passage",
+    } <= set(contract["citations"][0])
 
 
 def test_llm_answer_is_verified_and_renumbered(fake_chain: QAChain) -> None:
@@ -190,17 +208,22 @@ def test_stream_yields_text_then_the_final_answer(fake_chain: QAChain) -> None:
 # --- CLI ---------------------------------------------------------------------------------------
 
 
-def test_cli_rejects_empty_question_without_traceback(fake_chain: QAChain, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cli_rejects_empty_question_without_traceback(
+    fake_chain: QAChain, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr("app.chain.load_chain", lambda settings: fake_chain)
     result = CliRunner().invoke(main, ["ask", "--json", "  "])
     assert result.exit_code != 0
     assert "Please type a question." in result.output and "Traceback" not in result.output
 
 
-def test_cli_missing_index_says_how_to_build(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                             fake_model: EmbeddingModel) -> None:
+def test_cli_missing_index_says_how_to_build(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fake_model: EmbeddingModel
+) -> None:
     monkeypatch.setattr("app.chain.load_embedding_model", lambda settings: fake_model)
-    result = CliRunner().invoke(main, ["ask", "--index-dir", str(tmp_path / "none"), "What is IBM?"])
+    result = CliRunner().invoke(
+        main, ["ask", "--index-dir", str(tmp_path / "none"), "What is IBM?"]
+    )
     assert result.exit_code == 1
     assert "myositis-qa index" in result.output
 
@@ -211,8 +234,10 @@ def test_cli_batch_writes_one_json_answer_per_line(
     monkeypatch.setattr("app.chain.load_chain", lambda settings: fake_chain)
     batch = tmp_path / "q.jsonl"
     batch.write_text(
-        json.dumps({"id": "a", "question": "ProDERM responders", "extra": 1}) + "\n"
-        + json.dumps({"id": "b", "question": ""}) + "\n"
+        json.dumps({"id": "a", "question": "ProDERM responders", "extra": 1})
+        + "\n"
+        + json.dumps({"id": "b", "question": ""})
+        + "\n"
     )
     result = CliRunner().invoke(main, ["ask", "--json", "--batch", str(batch)])
     assert result.exit_code == 0, result.output
@@ -232,7 +257,9 @@ def real_chain(bundled_index: Settings, real_model: EmbeddingModel) -> QAChain:
 
 @pytest.mark.slow
 def test_classification_question_cites_the_criteria(real_chain: QAChain) -> None:
-    answer = real_chain.ask("What total score means probable IIM under the 2017 EULAR/ACR criteria without a biopsy?")
+    answer = real_chain.ask(
+        "What total score means probable IIM under the 2017 EULAR/ACR criteria without a biopsy?"
+    )
     assert not answer.abstained
     assert "5.5" in answer.answer
     assert "eular-acr-criteria" in {c.source_id for c in answer.citations}
@@ -241,8 +268,11 @@ def test_classification_question_cites_the_criteria(real_chain: QAChain) -> None
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "question",
-    ["What is the best treatment for migraine?", "Which stocks should I buy this year?",
-     "What is the MMR vaccination schedule for infants?"],
+    [
+        "What is the best treatment for migraine?",
+        "Which stocks should I buy this year?",
+        "What is the MMR vaccination schedule for infants?",
+    ],
 )
 def test_off_topic_questions_abstain(real_chain: QAChain, question: str) -> None:
     answer = real_chain.ask(question)

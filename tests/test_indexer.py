@@ -82,7 +82,12 @@ def test_pdf_pages_headers_footers_and_hyphenation(tmp_path: Path) -> None:
         [
             ["1. Introduction", "Dermatomyositis is an inflammatory myopathy.", ""],
             ["2. Treatment", "Intravenous immuno-", "globulin was given at 2 g/kg every 4 weeks."],
-            ["Glucocorticoids remain the first-line therapy.", "", "References", "1. Smith J. A paper."],
+            [
+                "Glucocorticoids remain the first-line therapy.",
+                "",
+                "References",
+                "1. Smith J. A paper.",
+            ],
         ],
         header="Journal of Myositis Studies 2024",
     )
@@ -90,7 +95,11 @@ def test_pdf_pages_headers_footers_and_hyphenation(tmp_path: Path) -> None:
     assert doc.pages == 3
     texts = [(b.page, b.section, b.text) for b in doc.blocks]
     assert (1, ("Introduction",), "Dermatomyositis is an inflammatory myopathy.") in texts
-    assert (2, ("Treatment",), "Intravenous immunoglobulin was given at 2 g/kg every 4 weeks.") in texts
+    assert (
+        2,
+        ("Treatment",),
+        "Intravenous immunoglobulin was given at 2 g/kg every 4 weeks.",
+    ) in texts
     assert (3, ("Treatment",), "Glucocorticoids remain the first-line therapy.") in texts
     joined = " ".join(b.text for b in doc.blocks)
     assert "Journal of Myositis" not in joined
@@ -152,7 +161,9 @@ def test_chunk_ids_are_stable_and_spans_point_into_the_document() -> None:
 
 
 @pytest.mark.slow
-def test_bundled_chunks_fit_the_real_tokenizer(bundled_index: Settings, real_model: EmbeddingModel) -> None:
+def test_bundled_chunks_fit_the_real_tokenizer(
+    bundled_index: Settings, real_model: EmbeddingModel
+) -> None:
     index = load_index(bundled_index.paths.index_dir)
     limit = real_model.max_seq_length
     for chunk in index.chunks:
@@ -180,7 +191,9 @@ class CountingModel(Embeddings):
         return self.inner.embed_query(text)
 
 
-def test_round_trip_and_citable_metadata(tiny_settings: Settings, fake_model: EmbeddingModel) -> None:
+def test_round_trip_and_citable_metadata(
+    tiny_settings: Settings, fake_model: EmbeddingModel
+) -> None:
     report = build_index(tiny_settings, fake_model, progress=False)
     assert (report.sources, report.skipped) == (3, [])
     index = load_index(tiny_settings.paths.index_dir, tiny_settings.index_identity(32))
@@ -201,11 +214,16 @@ def test_mismatched_index_is_refused_with_rebuild_hint(
     tiny_settings: Settings, fake_model: EmbeddingModel
 ) -> None:
     build_index(tiny_settings, fake_model, progress=False)
-    other = tiny_settings.model_copy(update={"chunking": tiny_settings.chunking.model_copy(update={"max_tokens": 100})})
+    other = tiny_settings.model_copy(
+        update={"chunking": tiny_settings.chunking.model_copy(update={"max_tokens": 100})}
+    )
     with pytest.raises(MyoQAError, match=r"max_tokens.*myositis-qa index --rebuild"):
         load_index(other.paths.index_dir, other.index_identity(32))
     with pytest.raises(MyoQAError, match="embedding_model"):
-        load_index(tiny_settings.paths.index_dir, {**tiny_settings.index_identity(32), "embedding_model": "x"})
+        load_index(
+            tiny_settings.paths.index_dir,
+            {**tiny_settings.index_identity(32), "embedding_model": "x"},
+        )
 
 
 def test_missing_index_says_how_to_build(tmp_path: Path) -> None:
@@ -228,10 +246,15 @@ def test_incremental_build_reembeds_only_the_changed_source(
     ibm.write_text(ibm.read_text() + "\nCK is only moderately raised in IBM.\n", encoding="utf-8")
     (tiny_settings.paths.corpus_dir / "mda5.md").unlink()
     manifest = tiny_settings.paths.manifest
-    manifest.write_text("\n".join(ln for ln in manifest.read_text().splitlines() if not ln.startswith("mda5")) + "\n")
+    manifest.write_text(
+        "\n".join(ln for ln in manifest.read_text().splitlines() if not ln.startswith("mda5"))
+        + "\n"
+    )
     changed = build_index(tiny_settings, fake_model, progress=False)
     assert counter.texts, "the changed source was not re-embedded"
-    assert all("IBM" in t or "inclusion body" in t.lower() or "moderately" in t for t in counter.texts)
+    assert all(
+        "IBM" in t or "inclusion body" in t.lower() or "moderately" in t for t in counter.texts
+    )
     assert changed.reused > 0 and changed.sources == 2
     index = load_index(tiny_settings.paths.index_dir)
     assert {c.source_id for c in index.chunks} == {"ivig", "ibm"}
@@ -242,7 +265,9 @@ def test_incremental_build_reembeds_only_the_changed_source(
     assert rebuilt.embedded == rebuilt.chunks and rebuilt.reused == 0
 
 
-def test_bad_files_are_reported_and_the_rest_indexes(tiny_settings: Settings, fake_model: EmbeddingModel) -> None:
+def test_bad_files_are_reported_and_the_rest_indexes(
+    tiny_settings: Settings, fake_model: EmbeddingModel
+) -> None:
     corpus = tiny_settings.paths.corpus_dir
     rows = []
     for name in ("corrupt.pdf", "empty.pdf", "encrypted.pdf", "image_only.pdf"):
@@ -278,7 +303,7 @@ def test_nothing_indexable_fails_and_keeps_the_old_index(
     (empty / "manifest.csv").write_text("id,file,title\nx,x.pdf,Broken\n")
     shutil.copy(DATA / "corrupt.pdf", empty / "x.pdf")
     settings = make_settings(empty, tiny_settings.paths.index_dir, embedding={"model": "fake-32"})
-    with pytest.raises(MyoQAError, match="Nothing could be indexed: x.pdf: unreadable PDF"):
+    with pytest.raises(MyoQAError, match=r"Nothing could be indexed: x\.pdf: unreadable PDF"):
         build_index(settings, fake_model, progress=False)
     assert load_index(tiny_settings.paths.index_dir).manifest.built_at == before
 
@@ -288,7 +313,9 @@ def test_interrupted_build_leaves_the_old_index_loadable(
 ) -> None:
     build_index(tiny_settings, fake_model, progress=False)
     old = load_index(tiny_settings.paths.index_dir)
-    (tiny_settings.paths.corpus_dir / "ibm.md").write_text("# IBM\n\n## New\n\nCompletely new text.\n")
+    (tiny_settings.paths.corpus_dir / "ibm.md").write_text(
+        "# IBM\n\n## New\n\nCompletely new text.\n"
+    )
 
     def crash(*args: object, **kwargs: object) -> None:
         raise KeyboardInterrupt  # e.g. Ctrl-C while the new files are written
@@ -298,12 +325,18 @@ def test_interrupted_build_leaves_the_old_index_loadable(
         build_index(tiny_settings, fake_model, progress=False)
     again = load_index(tiny_settings.paths.index_dir)
     assert [c.chunk_id for c in again.chunks] == [c.chunk_id for c in old.chunks]
-    leftovers = [p.name for p in tiny_settings.paths.index_dir.parent.iterdir() if p.name.startswith(".index")]
+    leftovers = [
+        p.name
+        for p in tiny_settings.paths.index_dir.parent.iterdir()
+        if p.name.startswith(".index")
+    ]
     assert leftovers == []
 
 
 @pytest.mark.slow
-def test_real_model_embeds_and_retrieves(tiny_corpus: Path, tmp_path: Path, real_model: EmbeddingModel) -> None:
+def test_real_model_embeds_and_retrieves(
+    tiny_corpus: Path, tmp_path: Path, real_model: EmbeddingModel
+) -> None:
     settings = make_settings(tiny_corpus, tmp_path / "real-index")
     build_index(settings, real_model, progress=False)
     index = load_index(settings.paths.index_dir, settings.index_identity(real_model.dim))
