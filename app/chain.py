@@ -14,12 +14,14 @@ from typing import Any
 import numpy as np
 from langchain_core.runnables import Runnable, RunnableLambda
 
-from app.extractive import ExtractiveAnswerer, lexical_coverage
+from app.extractive import Candidate, ExtractiveAnswerer, assess_support, lexical_coverage
 from app.lexical import default_synonyms, tokenize
 from app.policy import (
     GENERAL_GUIDANCE_INTRO,
+    NOT_REPORTED_INTRO,
     PERSONAL_ADVICE,
     REASON_INSUFFICIENT,
+    REASON_NOT_REPORTED,
     REASON_PATIENT_SPECIFIC,
     REASON_UNVERIFIED,
     REFUSAL,
@@ -160,32 +162,42 @@ class QAChain:
         picked = (
             self.extractive.select(query, terms, hits, self._sentence_vectors(hits)) if hits else []
         )
-        best = picked[0].score if picked else 0.0
-        covered: set[str] = set()
-        for candidate in picked[:2]:
-            covered.update(tokenize(candidate.text))
-        coverage = lexical_coverage(covered, terms)
-        meta["best_score"] = round(best, 4)
-        meta["coverage"] = round(coverage, 4)
-        supported = (
-            best >= self.settings.answer.abstain_threshold
-            and coverage >= self.settings.answer.min_coverage
+        support = assess_support(
+            state["question"],
+            terms,
+            picked,
+            self.settings.answer.abstain_threshold,
+            self.settings.answer.min_coverage,
         )
+        meta["best_score"] = round(picked[0].score, 4) if picked else 0.0
+        meta["coverage"] = round(lexical_coverage(_tokens_of(picked[:2]), terms), 4)
+        meta["support"] = support.why or "supported"
 
         if state["patient_specific"]:
+            general = support.supported
             answer = self._cited(
-                [DraftSentence(c.text, (c.hit_position,)) for c in picked] if supported else [],
+                [DraftSentence(c.text, (c.hit_position,)) for c in picked] if general else [],
                 hits,
                 meta,
-                prefix=PERSONAL_ADVICE + (f" {GENERAL_GUIDANCE_INTRO}" if supported else ""),
+                prefix=PERSONAL_ADVICE + (f" {GENERAL_GUIDANCE_INTRO}" if general else ""),
             )
             answer.abstained, answer.reason = True, REASON_PATIENT_SPECIFIC
-        elif not supported:
-            answer = Answer(answer=REFUSAL, abstained=True, reason=REASON_INSUFFICIENT, meta=meta)
+        elif support.not_reported is not None:
+            found = support.not_reported
+            answer = self._cited(
+                [DraftSentence(found.text, (found.hit_position,))],
+                hits,
+                meta,
+                prefix=f"{REFUSAL} {NOT_REPORTED_INTRO}",
+            )
+            answer.abstained, answer.reason = True, REASON_NOT_REPORTED
+        elif not support.supported:
+            refusal = REFUSAL
+            if support.unknown_terms:
+                refusal += f" It does not mention {', '.join(support.unknown_terms)}."
+            answer = Answer(answer=refusal, abstained=True, reason=REASON_INSUFFICIENT, meta=meta)
         elif self.llm is not None:
-            text = state.get("llm_text")
-            if text is None:
-                text = self._llm_invoke(state)
+            text: str = state.get("llm_text") or self._llm_invoke(state)
             meta["llm_raw"] = text
             evidence = {i + 1: h.chunk.text for i, h in enumerate(hits)}
             checked = verify(parse_cited_sentences(text), evidence)
@@ -263,6 +275,13 @@ class QAChain:
         assert self.llm is not None
         for piece in self.llm.stream(self._llm_messages(state)):
             yield str(getattr(piece, "content", piece))
+
+
+def _tokens_of(candidates: Sequence[Candidate]) -> set[str]:
+    tokens: set[str] = set()
+    for candidate in candidates:
+        tokens.update(tokenize(candidate.text))
+    return tokens
 
 
 def load_chain(

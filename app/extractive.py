@@ -15,17 +15,30 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from app.lexical import SynonymTable, tokenize, words
+from app.lexical import SynonymTable, stem, tokenize, words
 from app.retrieval import Hit, Query
 from indexer.settings import AnswerSettings
+from indexer.text import numbers_in
 
 _DANGLING = re.compile(
     r"^(?:this|these|that|those|it|its|they|their|such|both|he|she|the latter|the former)\b",
     re.IGNORECASE,
 )
 # weights of the sentence score; documented in the README's architecture section
-SEMANTIC_WEIGHT = 0.55
-LEXICAL_WEIGHT = 0.45
+SEMANTIC_WEIGHT = 0.5
+LEXICAL_WEIGHT = 0.4
+#: rewards sentences that add information beyond the question's own words
+INFORMATION_WEIGHT = 0.1
+#: distinct new content tokens at which a sentence counts as fully informative
+INFORMATIVE_TOKENS = 10
+#: a pair of sentences must beat a single one by this factor to be preferred
+PAIR_FACTOR = 0.95
+#: ... and its second sentence must add at least this much key-term coverage
+PAIR_MIN_GAIN = 0.05
+#: cosine above which two sentences say the same thing
+DUPLICATE_SIMILARITY = 0.88
+#: ... or above which they do when one's figures are all in the other
+RESTATED_SIMILARITY = 0.6
 #: how far below the best sentence another may score and still be included
 RELATIVE_CUTOFF = 0.8
 
@@ -40,6 +53,9 @@ class Candidate:
     semantic: float
     lexical: float
     score: float = 0.0
+    #: the sentences the unit is made of, and their vectors
+    parts: tuple[str, ...] = ()
+    part_vectors: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -48,6 +64,8 @@ class Term:
 
     alternatives: frozenset[str]
     weight: float
+    #: the question's spelling of a name, acronym or number the index never uses, else ""
+    unknown: str = ""
 
 
 #: weight of a question word the literature never uses but that is ordinary English
@@ -69,7 +87,9 @@ def question_terms(
     English ("roughly", "fraction").
     """
     rarest = max(idf.values(), default=1.0)
-    original = {t.casefold(): t for t in re.findall(r"[\w-]+", question)}
+    spelled = re.findall(r"\w+", question)
+    original = {stem(t.casefold()): t for t in spelled}
+    first_word = spelled[0] if spelled else ""
     terms: list[Term] = []
     seen: set[str] = set()
     for word in words(question):
@@ -91,12 +111,16 @@ def question_terms(
                 weight = max(max(known), 0.5)
             else:
                 raw = original.get(token, token)
-                specific = (
-                    raw[:1].isupper()
-                    or any(ch.isdigit() for ch in token)
-                    or not is_common_word(token)
+                # a name, acronym or number the literature never uses
+                distinctive = (raw[:1].isupper() and (raw != first_word or raw.isupper())) or any(
+                    ch.isdigit() for ch in token
                 )
+                specific = distinctive or not is_common_word(raw.casefold())
                 weight = rarest if specific else COMMON_UNKNOWN_WEIGHT
+                terms.append(
+                    Term(frozenset(alternatives), weight, unknown=raw if distinctive else "")
+                )
+                continue
             terms.append(Term(frozenset(alternatives), weight))
     return terms
 
@@ -115,24 +139,50 @@ def candidates_from(
     sentence_vectors: Sequence[np.ndarray],
     terms: Sequence[Term],
 ) -> list[Candidate]:
-    """Score every sentence of every hit; merge a dangling sentence with its predecessor."""
+    """Score every quotable unit of every hit.
+
+    Units are single sentences and pairs of neighbouring sentences (a topic
+    sentence and the one that completes it). A sentence that starts with a
+    dangling "This"/"They" only appears joined to its predecessor.
+    """
     assert query.vector is not None
+    asked = set().union(*(t.alternatives for t in terms)) if terms else set()
     out: list[Candidate] = []
     for position, (hit, vectors) in enumerate(zip(hits, sentence_vectors, strict=True)):
         texts = hit.chunk.sentence_texts()
         prior = 1.0 / (1.0 + 0.05 * position)
-        for i, text in enumerate(texts):
-            vector = vectors[i]
-            if _DANGLING.match(text):
-                if i == 0:
-                    continue  # its subject is outside this passage
-                text = f"{texts[i - 1]} {text}"
-                vector = vectors[i - 1] + vectors[i]
+        for start in range(len(texts)):
+            single_lexical = 1.0  # a unit that begins with a dangling sentence has no single
+            for length in (1, 2):
+                stop = start + length
+                if stop > len(texts) or _DANGLING.match(texts[start]):
+                    continue
+                text = " ".join(texts[start:stop])
+                vector = vectors[start:stop].sum(axis=0)
                 vector = vector / (np.linalg.norm(vector) or 1.0)
-            semantic = float(np.dot(query.vector, vector))
-            lexical = lexical_coverage(set(tokenize(text)), terms)
-            score = (SEMANTIC_WEIGHT * semantic + LEXICAL_WEIGHT * lexical) * prior
-            out.append(Candidate(position, text, vector, semantic, lexical, score))
+                semantic = float(np.dot(query.vector, vector))
+                tokens = set(tokenize(text))
+                lexical = lexical_coverage(tokens, terms)
+                information = min(1.0, len(tokens - asked) / INFORMATIVE_TOKENS)
+                score = (
+                    (
+                        SEMANTIC_WEIGHT * semantic
+                        + LEXICAL_WEIGHT * lexical
+                        + INFORMATION_WEIGHT * information
+                    )
+                    * prior
+                    * (1.0 if length == 1 else PAIR_FACTOR)
+                )
+                parts = tuple(texts[start:stop])
+                if length == 2 and lexical <= single_lexical + PAIR_MIN_GAIN:
+                    continue  # the second sentence adds none of the asked-for terms
+                if length == 1:
+                    single_lexical = lexical
+                out.append(
+                    Candidate(
+                        position, text, vector, semantic, lexical, score, parts, vectors[start:stop]
+                    )
+                )
     return out
 
 
@@ -145,7 +195,8 @@ def select_mmr(
         return []
     best = pool[0].score
     chosen: list[Candidate] = []
-    while pool and len(chosen) < max_sentences:
+    used = 0  # sentences so far
+    while pool and used < max_sentences:
 
         def marginal(c: Candidate) -> float:
             redundancy = max((float(np.dot(c.vector, s.vector)) for s in chosen), default=0.0)
@@ -153,15 +204,29 @@ def select_mmr(
 
         pick = max(pool, key=marginal)
         pool.remove(pick)
-        if any(pick.text in c.text or c.text in pick.text for c in chosen):
+        if used + len(pick.parts) > max_sentences:
             continue
-        if any(float(np.dot(pick.vector, c.vector)) > 0.92 for c in chosen):
-            continue  # a near-duplicate (chunk overlap or restatement)
-        floor = RELATIVE_CUTOFF if len(chosen) >= min_sentences else RELATIVE_CUTOFF - 0.15
+        if any(set(pick.parts) & set(c.parts) for c in chosen):
+            continue
+        if any(_restates(pick, c) for c in chosen):
+            continue
+        floor = RELATIVE_CUTOFF if used >= min_sentences else RELATIVE_CUTOFF - 0.15
         if pick.score < best * floor:
             break
         chosen.append(pick)
+        used += len(pick.parts)
     return chosen
+
+
+def _restates(one: Candidate, other: Candidate) -> bool:
+    """A near-duplicate: chunk overlap, or another digest restating the same figures."""
+    assert one.part_vectors is not None and other.part_vectors is not None
+    similarity = float(np.max(one.part_vectors @ other.part_vectors.T))
+    if similarity > DUPLICATE_SIMILARITY:
+        return True
+    figures = numbers_in(one.text)
+    adds_nothing = bool(figures) and figures <= numbers_in(other.text)
+    return adds_nothing and float(np.dot(one.vector, other.vector)) > RESTATED_SIMILARITY
 
 
 def bm25_idf(idf: Mapping[str, float]) -> dict[str, float]:
@@ -203,3 +268,72 @@ class ExtractiveAnswerer:
             self.settings.min_sentences,
             self.settings.mmr_lambda,
         )
+
+
+_ASKS_FOR_RESULTS = re.compile(
+    r"\b(?:results?|show(?:ed|n)?|find(?:ings?)?|found|outcomes?|efficacy|effect|work(?:ed)?)\b",
+    re.IGNORECASE,
+)
+_NOT_YET = re.compile(
+    r"\b(?:under ?way|ongoing|in progress|awaited|not yet (?:been )?(?:reported|published|known))\b",
+    re.IGNORECASE,
+)
+
+
+@dataclass(frozen=True)
+class Support:
+    """Whether the chosen evidence answers the question, and if not, why."""
+
+    supported: bool
+    why: str = ""
+    #: the unknown terms of the question, shown to the user
+    unknown_terms: tuple[str, ...] = ()
+    #: a sentence saying the asked-for result is not available yet (cited instead of an answer)
+    not_reported: Candidate | None = None
+
+
+def assess_support(
+    question: str,
+    terms: Sequence[Term],
+    picked: Sequence[Candidate],
+    abstain_threshold: float,
+    min_coverage: float,
+) -> Support:
+    """Decide whether to answer: a pure function of the question and the chosen sentences.
+
+    Abstains when the best sentence scores below ``abstain_threshold``; when the top
+    two sentences mention less than ``min_coverage`` of the question's weighted key
+    terms; when the question names something specific the index never mentions;
+    when the question states a number the chosen sentences do not contain (a
+    "10-year survival" answered with other figures); and, for questions about
+    results, when the best sentence says the study is still under way.
+    """
+    if not picked:
+        return Support(False, "no passage matched the question")
+    if picked[0].score < abstain_threshold:
+        return Support(False, f"best sentence score {picked[0].score:.3f} < {abstain_threshold}")
+    covered: set[str] = set()
+    for candidate in picked[:2]:
+        covered.update(tokenize(candidate.text))
+    coverage = lexical_coverage(covered, terms)
+    if coverage < min_coverage:
+        return Support(False, f"key-term coverage {coverage:.3f} < {min_coverage}")
+    unknown = tuple(dict.fromkeys(t.unknown for t in terms if t.unknown))
+    if unknown:
+        return Support(
+            False, "the index never mentions " + ", ".join(unknown), unknown_terms=unknown
+        )
+    evidence_numbers: set[str] = set()
+    for candidate in picked:
+        evidence_numbers |= {_plain_number(n) for n in numbers_in(candidate.text)}
+    missing = {_plain_number(n) for n in numbers_in(question)} - evidence_numbers
+    if missing:
+        return Support(False, f"the evidence does not state {', '.join(sorted(missing))}")
+    if _ASKS_FOR_RESULTS.search(question) and _NOT_YET.search(picked[0].text):
+        return Support(False, "the sources say this is still under way", not_reported=picked[0])
+    return Support(True)
+
+
+def _plain_number(number: str) -> str:
+    """2.0 and 2 are the same number."""
+    return number.rstrip("0").rstrip(".") if "." in number else number

@@ -190,12 +190,30 @@ def tokenize(text: str) -> list[str]:
     followed by a unit also gives the joined form (``2 g/kg`` -> ``2g/kg``).
     Stopwords are dropped; purely alphabetic tokens are stemmed.
     """
-    return [stem(t) for t in _raw_tokens(text)]
+    out: list[str] = []
+    for token in _raw_tokens(text):
+        out.append(stem(token))
+        greek = _GREEK_SUFFIX.match(token)
+        if greek:
+            out.append(greek.group(1))  # tif1gamma also matches a bare "TIF1"
+    return out
+
+
+_FRACTION = re.compile(r"\d+(?:\.\d+)?/\d+(?:\.\d+)?")
+_GREEK_SUFFIX = re.compile(r"^([a-z]+\d+)(?:alpha|beta|gamma|delta|kappa)$")
 
 
 def _raw_tokens(text: str) -> list[str]:
     tokens: list[str] = []
-    raw = _TOKEN.findall(normalise(text))
+    raw: list[str] = []
+    for token in _TOKEN.findall(normalise(text)):
+        # PL-7/PL-12 is two names; g/kg and 37/47 stay whole
+        if "/" in token and token not in _UNITS and not _FRACTION.fullmatch(token.lstrip("≥≤<>")):
+            parts = [p for p in token.split("/") if p]
+            if all(re.search(r"[a-z]", p) and re.search(r"\d", p) for p in parts):
+                raw.extend(parts)
+                continue
+        raw.append(token)
     for position, token in enumerate(raw):
         if token in STOPWORDS:
             continue
@@ -262,8 +280,8 @@ class SynonymTable:
 def _token_groups(groups: tuple[tuple[str, ...], ...]) -> tuple[frozenset[str], ...]:
     out = []
     for group in groups:
-        single = [tokenize(term) for term in group]
-        out.append(frozenset(t[0] for t in single if len(t) == 1))
+        forms = [tokenize(term) for term in group if " " not in term]
+        out.append(frozenset(t[0] for t in forms if t))
     return tuple(out)
 
 

@@ -32,12 +32,14 @@ from indexer.text import numbers_in, split_sentences
 #: Embeds texts as L2-normalised rows (``EmbeddingModel.embed_documents`` fits).
 EmbedFn = Callable[[Sequence[str]], np.ndarray]
 
+# Calibrated on evals/calibration/support.jsonl (`myositis-qa-eval calibrate`; table in
+# evals/README.md): the middle of the widest plateau of best accuracy.
 #: Weight of the lexical share in the combined score (the rest is the cosine).
-LEXICAL_WEIGHT = 0.5
-#: Combined score at or above which a sentence counts as supported (see evals/README.md).
-SUPPORT_THRESHOLD = 0.7
+LEXICAL_WEIGHT = 0.7
+#: Combined score at or above which a sentence counts as supported.
+SUPPORT_THRESHOLD = 0.67
 #: The same, for the lexical-only judge (no embedding function).
-LEXICAL_ONLY_THRESHOLD = 0.7
+LEXICAL_ONLY_THRESHOLD = 0.65
 
 _STOPWORDS = frozenset(
     """a an the and or but if of in on at to for from by with without about as is are was were be
@@ -138,6 +140,13 @@ class SimilarityJudge:
             "lexical_weight": self.lexical_weight,
             "embedding": self.embed is not None,
         }
+
+    def prime(self, texts: Sequence[str], vectors: np.ndarray) -> None:
+        """Cache vectors already computed with the same model (e.g. the index's sentence vectors)."""
+        if len(texts) != len(vectors):
+            raise ValueError(f"{len(texts)} texts but {len(vectors)} vectors")
+        for text, vector in zip(texts, vectors, strict=True):
+            self._vectors.setdefault(text, np.asarray(vector, dtype=np.float32))
 
     def _embed(self, texts: Sequence[str]) -> np.ndarray:
         assert self.embed is not None

@@ -13,7 +13,7 @@ import unicodedata
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from app.policy import GENERAL_GUIDANCE_INTRO, PERSONAL_ADVICE, REFUSAL
+from app.policy import GENERAL_GUIDANCE_INTRO, NOT_REPORTED_INTRO, PERSONAL_ADVICE, REFUSAL
 from app.verify import DraftSentence, cited_numbers, parse_cited_sentences, strip_citations
 from evals.judge import SupportJudge
 from indexer.text import numbers_in
@@ -21,7 +21,12 @@ from indexer.text import numbers_in
 KeyFact = str | Sequence[str]
 
 #: Policy wording the chain adds around cited content; it is not a claim to verify.
-POLICY_PHRASES: tuple[str, ...] = (PERSONAL_ADVICE, GENERAL_GUIDANCE_INTRO, REFUSAL)
+POLICY_PHRASES: tuple[str, ...] = (
+    PERSONAL_ADVICE,
+    GENERAL_GUIDANCE_INTRO,
+    NOT_REPORTED_INTRO,
+    REFUSAL,
+)
 
 # --- retrieval ---------------------------------------------------------------------
 
@@ -133,9 +138,17 @@ def strip_policy_phrases(answer_text: str) -> str:
     return _SPACES.sub(" ", answer_text).strip()
 
 
-def claim_sentences(answer_text: str) -> list[DraftSentence]:
-    """The sentences of an answer that state something, with the ``[n]`` each cites."""
-    return parse_cited_sentences(strip_policy_phrases(answer_text))
+def claim_sentences(answer_text: str, abstained: bool = False) -> list[DraftSentence]:
+    """The sentences of an answer that state something, with the ``[n]`` each cites.
+
+    The chain's fixed policy wording is not a claim. In an abstention, only cited
+    sentences are claims (the general guidance); the rest explains the refusal.
+    In an answer, an uncited sentence is a claim (and fails citation recall).
+    """
+    sentences = parse_cited_sentences(strip_policy_phrases(answer_text))
+    if abstained:
+        return [s for s in sentences if s.cites]
+    return sentences
 
 
 def ungrounded_numbers(

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from app.schema import QAService
-from evals.judge import SupportJudge
+from evals.judge import SimilarityJudge, SupportJudge
 from evals.questions_io import Question
 from evals.scoring import QuestionResult, score_answer, summarise
 from indexer.embeddings import EmbeddingModel
@@ -88,6 +88,13 @@ def build_chains(
             llm = build_chat_model(settings.llm)
         chains[name] = QAChain(config_settings(settings, name), index, model, llm=llm)
     return chains
+
+
+def prime_from_index(judge: SimilarityJudge, index: LoadedIndex) -> None:
+    """Hand the judge the index's sentence vectors so it embeds only what is new."""
+    matrix = index.all_sentence_vectors()
+    for chunk, offset in zip(index.chunks, index.sentence_offsets(), strict=True):
+        judge.prime(chunk.sentence_texts(), matrix[offset : offset + len(chunk.sentences)])
 
 
 @dataclass

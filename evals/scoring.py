@@ -181,7 +181,7 @@ def score_answer(
         fail(Failure("invalid_citations", "; ".join(result.citation_problems)))
 
     passages = {c.n: c.passage for c in answer.citations}
-    sentences = claim_sentences(answer.answer)
+    sentences = claim_sentences(answer.answer, answer.abstained)
     result.n_claims = len(sentences)
     for sentence, numbers in ungrounded_numbers(sentences, passages):
         result.ungrounded_numbers.append({"sentence": sentence, "numbers": numbers})

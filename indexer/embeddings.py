@@ -134,7 +134,9 @@ def load_embedding_model(settings: EmbeddingSettings) -> EmbeddingModel:
             "or the default packaged model."
         ) from exc
     tokenizer = model.tokenizer
-    getter = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
+    getter = (
+        getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
+    )
     dim, max_len = getter(), model.max_seq_length
     if dim is None or max_len is None:
         raise MyoQAError(f"The embedding model {settings.model!r} does not report its dimension.")
