@@ -17,6 +17,7 @@ import numpy as np
 
 from app.lexical import SynonymTable, stem, tokenize, words
 from app.retrieval import Hit, Query
+from indexer.chunking import SECTION_SEPARATOR
 from indexer.settings import AnswerSettings
 from indexer.text import numbers_in
 
@@ -151,6 +152,8 @@ def candidates_from(
     for position, (hit, vectors) in enumerate(zip(hits, sentence_vectors, strict=True)):
         texts = hit.chunk.sentence_texts()
         prior = 1.0 / (1.0 + 0.05 * position)
+        # the innermost heading is context every sentence below it shares
+        heading = set(tokenize(hit.chunk.section.split(SECTION_SEPARATOR)[-1]))
         for start in range(len(texts)):
             single_lexical = 1.0  # a unit that begins with a dangling sentence has no single
             for length in (1, 2):
@@ -162,7 +165,7 @@ def candidates_from(
                 vector = vector / (np.linalg.norm(vector) or 1.0)
                 semantic = float(np.dot(query.vector, vector))
                 tokens = set(tokenize(text))
-                lexical = lexical_coverage(tokens, terms)
+                lexical = lexical_coverage(tokens | heading, terms)
                 information = min(1.0, len(tokens - asked) / INFORMATIVE_TOKENS)
                 score = (
                     (

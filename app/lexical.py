@@ -175,10 +175,18 @@ def normalise(text: str) -> str:
 _STEMMER = snowballstemmer.stemmer("english")
 
 
+#: words whose stems would merge terms the criteria keep apart (probable IIM vs probability)
+_UNSTEMMED = frozenset(
+    {"probable", "probability", "possible", "possibility", "definite", "definition", "definitions"}
+)
+
+
 @lru_cache(maxsize=65536)
 def stem(token: str) -> str:
     """Snowball stem of a purely alphabetic token (prevalence, prevalent -> preval); others as is."""
-    return _STEMMER.stemWord(token) if token.isalpha() else token
+    if not token.isalpha() or token in _UNSTEMMED:
+        return token
+    return _STEMMER.stemWord(token)
 
 
 def tokenize(text: str) -> list[str]:

@@ -43,7 +43,9 @@ def load_pairs(path: Path) -> list[Pair]:
             continue
         try:
             row = json.loads(line)
-            pairs.append(Pair(str(row["kind"]), bool(row["supported"]), row["sentence"], row["passage"]))
+            pairs.append(
+                Pair(str(row["kind"]), bool(row["supported"]), row["sentence"], row["passage"])
+            )
         except (json.JSONDecodeError, KeyError, TypeError) as exc:
             raise MyoQAError(f"{path} line {line_no}: not a calibration pair ({exc})") from exc
     if not pairs:
@@ -95,7 +97,10 @@ def sweep(scored: Sequence[Scored], thresholds: Sequence[float]) -> list[str]:
 
 
 def score_table(scored: Sequence[Scored]) -> list[str]:
-    lines = ["| kind | supported | lexical | semantic | score | sentence |", "|---|---|---:|---:|---:|---|"]
+    lines = [
+        "| kind | supported | lexical | semantic | score | sentence |",
+        "|---|---|---:|---:|---:|---|",
+    ]
     for s in sorted(scored, key=lambda s: (s.pair.kind, -s.score)):
         semantic = "n/a" if s.semantic is None else f"{s.semantic:.2f}"
         flag = "" if s.numbers_ok else " (numbers)"

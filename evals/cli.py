@@ -33,10 +33,13 @@ def _load(settings: Settings) -> tuple[Any, Any, float]:
     from indexer.embeddings import load_embedding_model
     from indexer.store import load_index, read_manifest
 
-    read_manifest(settings.paths.index_dir)  # a clear "run myositis-qa index" before the model loads
+    # fail fast, before the model loads, with "build it with myositis-qa index"
+    read_manifest(settings.paths.index_dir)
     started = time.perf_counter()
     model = load_embedding_model(settings.embedding)
-    index = load_index(settings.paths.index_dir, expected_identity=settings.index_identity(model.dim))
+    index = load_index(
+        settings.paths.index_dir, expected_identity=settings.index_identity(model.dim)
+    )
     return model, index, time.perf_counter() - started
 
 
@@ -60,23 +63,45 @@ def main(config: Path | None, verbose: int) -> None:
 @main.command()
 @_QUESTIONS
 @click.option(
-    "--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
     help="Folder for report.json, report.md and report.png.",
-)  # fmt: skip
+)
 @click.option(
     "--configs",
     envvar="MYOQA_EVAL_CONFIGS",
     help="Comma-separated configurations: hybrid, dense, bm25, llm. "
     "Default: hybrid,dense,bm25 (+llm when MYOQA_LLM__MODEL is set). The first is gated.",
 )
-@click.option("--k", "k", type=click.IntRange(min=1), default=5, show_default=True,
-              help="Cut-off of recall@k.")  # fmt: skip
-@click.option("--judge-threshold", type=click.FloatRange(0, 1),
-              help="Support judge threshold (default: the calibrated value, see evals/README.md).")  # fmt: skip
-@click.option("--lexical-judge", is_flag=True, help="Judge support by word overlap only (no embeddings).")
-@click.option("--worst", "n_worst", type=click.IntRange(min=1), default=10, show_default=True,
-              help="Worst questions listed in report.md.")  # fmt: skip
-@click.option("--gate", is_flag=True, help="Exit 1 when the first configuration misses a CI threshold.")
+@click.option(
+    "--k",
+    "k",
+    type=click.IntRange(min=1),
+    default=5,
+    show_default=True,
+    help="Cut-off of recall@k.",
+)
+@click.option(
+    "--judge-threshold",
+    type=click.FloatRange(0, 1),
+    help="Support judge threshold (default: the calibrated value, see evals/README.md).",
+)
+@click.option(
+    "--lexical-judge", is_flag=True, help="Judge support by word overlap only (no embeddings)."
+)
+@click.option(
+    "--worst",
+    "n_worst",
+    type=click.IntRange(min=1),
+    default=10,
+    show_default=True,
+    help="Worst questions listed in report.md.",
+)
+@click.option(
+    "--gate", is_flag=True, help="Exit 1 when the first configuration misses a CI threshold."
+)
 @_INDEX_DIR
 @_PROGRESS
 @click.pass_context
@@ -142,13 +167,26 @@ def run(
 @main.command()
 @_QUESTIONS
 @click.option(
-    "--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
     help="Folder for bench.json and bench.md.",
-)  # fmt: skip
-@click.option("--repeat", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Times each question is asked.")  # fmt: skip
-@click.option("--warmup", type=click.IntRange(min=0), default=5, show_default=True,
-              help="Untimed questions asked first.")  # fmt: skip
+)
+@click.option(
+    "--repeat",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Times each question is asked.",
+)
+@click.option(
+    "--warmup",
+    type=click.IntRange(min=0),
+    default=5,
+    show_default=True,
+    help="Untimed questions asked first.",
+)
 @_INDEX_DIR
 @_PROGRESS
 @click.pass_context
@@ -177,9 +215,14 @@ def bench(
         llm = build_chat_model(settings.llm)
     chain = QAChain(settings, index, model, llm=llm)
     result = run_bench(
-        chain, questions, warmup=warmup, repeat=repeat, questions_file=str(questions_path),
-        load_seconds=load_seconds, progress=progress,
-    )  # fmt: skip
+        chain,
+        questions,
+        warmup=warmup,
+        repeat=repeat,
+        questions_file=str(questions_path),
+        load_seconds=load_seconds,
+        progress=progress,
+    )
     paths = write_bench(result, out_dir)
     click.echo(
         f"{result.throughput_qps:.2f} questions/s, p50 {result.latency_p50_ms:.1f} ms, "
@@ -196,7 +239,9 @@ def bench(
     show_default=True,
     help="JSONL of labelled pairs: kind, supported, sentence, passage.",
 )
-@click.option("--lexical-weight", type=click.FloatRange(0, 1), help="Override the judge's lexical weight.")
+@click.option(
+    "--lexical-weight", type=click.FloatRange(0, 1), help="Override the judge's lexical weight."
+)
 @click.option("--lexical-judge", is_flag=True, help="Calibrate the lexical-only judge.")
 @user_errors
 def calibrate(data: Path, lexical_weight: float | None, lexical_judge: bool) -> None:
@@ -208,7 +253,9 @@ def calibrate(data: Path, lexical_weight: float | None, lexical_judge: bool) -> 
     pairs = load_pairs(data)
     embed = None
     if not lexical_judge:
-        embed = load_embedding_model(settings_from(click.get_current_context()).embedding).embed_documents
+        embed = load_embedding_model(
+            settings_from(click.get_current_context()).embedding
+        ).embed_documents
     judge = SimilarityJudge(embed=embed, lexical_weight=lexical_weight or LEXICAL_WEIGHT)
     scored = score_pairs(pairs, judge)
     click.echo("\n".join(score_table(scored)))
@@ -220,4 +267,3 @@ def calibrate(data: Path, lexical_weight: float | None, lexical_judge: bool) -> 
 
 def _f(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3f}"
-

@@ -42,12 +42,15 @@ SUPPORT_THRESHOLD = 0.67
 LEXICAL_ONLY_THRESHOLD = 0.65
 
 _STOPWORDS = frozenset(
-    """a an the and or but if of in on at to for from by with without about as is are was were be
+    re.findall(
+        r"\S+",
+        """a an the and or but if of in on at to for from by with without about as is are was were be
     been being do does did have has had what which who whom whose when where why how this that
     these those it its they them their there here than then so such can could should would will
     may might must shall we our you your he she his her not no nor any all some more most less
     into over under between during after before also only same other each both either up out
-    s""".split()
+    s""",
+    )
 )
 _WORD = re.compile(r"\w+")
 

@@ -96,7 +96,9 @@ def parse_questions(lines: Iterable[str], name: str = "<questions>") -> list[Que
             problems.append(f"{name} line {line_no}: not valid JSON ({exc.msg})")
             continue
         if not isinstance(row, dict):
-            problems.append(f"{name} line {line_no}: expected a JSON object, got {type(row).__name__}")
+            problems.append(
+                f"{name} line {line_no}: expected a JSON object, got {type(row).__name__}"
+            )
             continue
         known = {k: v for k, v in row.items() if k in _KNOWN}
         extra = {k: v for k, v in row.items() if k not in _KNOWN}
@@ -115,8 +117,10 @@ def parse_questions(lines: Iterable[str], name: str = "<questions>") -> list[Que
         if not question.in_scope and question.must_contain:
             log.warning(
                 "%s line %s: out-of-scope question %s has must_contain items; they are ignored",
-                name, line_no, question.id,
-            )  # fmt: skip
+                name,
+                line_no,
+                question.id,
+            )
         questions.append(question)
     if problems:
         listed = problems[:MAX_LISTED_PROBLEMS]

@@ -70,10 +70,17 @@ def metrics_table(run: EvalRun) -> list[str]:
             value = run.configs[name].metrics.get(key)
             text = fmt(key, value)
             threshold = gate_of.get(key)
-            if name == names[0] and threshold and _gate_text(key, run.k) and not threshold.passes(value):
+            if (
+                name == names[0]
+                and threshold
+                and _gate_text(key, run.k)
+                and not threshold.passes(value)
+            ):
                 text = f"**{text}** ✗"
             cells.append(text)
-        lines.append(f"| {label.format(k=run.k)} | " + " | ".join(cells) + f" | {_gate_text(key, run.k)} |")
+        lines.append(
+            f"| {label.format(k=run.k)} | " + " | ".join(cells) + f" | {_gate_text(key, run.k)} |"
+        )
     return lines
 
 
@@ -84,7 +91,10 @@ def failure_counts(run: EvalRun) -> list[str]:
         "|---|" + "---:|" * len(names),
     ]
     for kind in SEVERITY:
-        counts = [sum(any(f.kind == kind for f in r.failures) for r in run.configs[n].results) for n in names]
+        counts = [
+            sum(any(f.kind == kind for f in r.failures) for r in run.configs[n].results)
+            for n in names
+        ]
         lines.append(f"| {kind} | " + " | ".join(str(c) for c in counts) + " |")
     return lines
 
@@ -111,7 +121,10 @@ def worst_table(results: Sequence[QuestionResult], n: int) -> list[str]:
     rows = worst(results, n)
     if not rows:
         return ["No question fails."]
-    lines = ["| id | severity | question | why it fails | answer (start) |", "|---|---:|---|---|---|"]
+    lines = [
+        "| id | severity | question | why it fails | answer (start) |",
+        "|---|---:|---|---|---|",
+    ]
     for r in rows:
         why = "<br>".join(_cell(str(f)) for f in r.failures)
         lines.append(
@@ -143,7 +156,12 @@ def render_markdown(run: EvalRun, n_worst: int = 10) -> str:
     topics = topic_table(default)
     if topics:
         parts += [f"## By topic ({default.name})", "", *topics, ""]
-    parts += [f"## Worst questions ({default.name})", "", *worst_table(default.results, n_worst), ""]
+    parts += [
+        f"## Worst questions ({default.name})",
+        "",
+        *worst_table(default.results, n_worst),
+        "",
+    ]
     for name, config in list(run.configs.items())[1:]:
         parts += [f"## Worst questions ({name})", "", *worst_table(config.results, 5), ""]
     return "\n".join(parts)
@@ -158,7 +176,9 @@ def write_plot(run: EvalRun, path: Path) -> None:
     import numpy as np
 
     names = list(run.configs)
-    metrics = [m for m in RATE_METRICS if any(run.configs[n].metrics.get(m) is not None for n in names)]
+    metrics = [
+        m for m in RATE_METRICS if any(run.configs[n].metrics.get(m) is not None for n in names)
+    ]
     fig, (ax, lat) = plt.subplots(
         1, 2, figsize=(15, 5.5), gridspec_kw={"width_ratios": [4, 1]}, constrained_layout=True
     )
@@ -170,8 +190,15 @@ def write_plot(run: EvalRun, path: Path) -> None:
     for j, metric in enumerate(metrics):
         for t in GATE:
             if t.metric == metric and (metric != "recall@k" or run.k == GATE_K):
-                ax.hlines(t.value, j - 0.45, j + 0.45, colors="black", linestyles="dashed", linewidth=1)
-    ax.set_xticks(x, [m.replace("@k", f"@{run.k}").replace("_", " ") for m in metrics], rotation=35, ha="right")
+                ax.hlines(
+                    t.value, j - 0.45, j + 0.45, colors="black", linestyles="dashed", linewidth=1
+                )
+    ax.set_xticks(
+        x,
+        [m.replace("@k", f"@{run.k}").replace("_", " ") for m in metrics],
+        rotation=35,
+        ha="right",
+    )
     ax.set_ylim(0, 1.05)
     ax.set_title("Metrics by configuration (dashed: CI gate)")
     ax.legend(loc="lower left", fontsize="small")
@@ -193,7 +220,9 @@ def write_reports(run: EvalRun, out_dir: Path, n_worst: int = 10) -> list[Path]:
     """Write report.json, report.md and report.png into ``out_dir``; return their paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path, md_path, png_path = out_dir / JSON_FILE, out_dir / MARKDOWN_FILE, out_dir / PLOT_FILE
-    json_path.write_text(json.dumps(run.to_dict(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    json_path.write_text(
+        json.dumps(run.to_dict(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+    )
     md_path.write_text(render_markdown(run, n_worst), encoding="utf-8")
     write_plot(run, png_path)
     log.info("Wrote %s, %s and %s", json_path, md_path, png_path)

@@ -172,9 +172,12 @@ def run_config(
         results.append(score_answer(question, answer, seconds, judge, k))
     metrics = summarise(results, k)
     log.info(
-        "%s: recall@%s %s, key facts %s", name, k, _fmt(metrics["recall@k"]),
+        "%s: recall@%s %s, key facts %s",
+        name,
+        k,
+        _fmt(metrics["recall@k"]),
         _fmt(metrics["key_fact_accuracy"]),
-    )  # fmt: skip
+    )
     return ConfigRun(name=name, info=dict(chain.info), metrics=metrics, results=results)
 
 

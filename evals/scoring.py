@@ -166,7 +166,9 @@ def score_answer(
         if answer.abstained:
             result.missing_key_facts = list(question.must_contain)
             result.key_facts_ok = False
-            fail(Failure("false_abstention", f"abstained ({answer.reason}) on an in-scope question"))
+            fail(
+                Failure("false_abstention", f"abstained ({answer.reason}) on an in-scope question")
+            )
         else:
             result.missing_key_facts = missing_key_facts(answer.answer, question.must_contain)
             result.key_facts_ok = not result.missing_key_facts

@@ -43,7 +43,9 @@ def citation(n: int, passage: str, source_id: str = "src") -> Citation:
 
 
 def answer(text: str, passages: Sequence[str], **kwargs: Any) -> Answer:
-    return Answer(answer=text, citations=[citation(i + 1, p) for i, p in enumerate(passages)], **kwargs)
+    return Answer(
+        answer=text, citations=[citation(i + 1, p) for i, p in enumerate(passages)], **kwargs
+    )
 
 
 class ContainsJudge:
@@ -85,7 +87,9 @@ def test_reciprocal_rank_is_one_over_the_first_gold_rank() -> None:
     assert first_gold_rank(["x", "y"], {"gold"}) is None
 
 
-@pytest.mark.parametrize("call", [lambda: recall_at_k(["a"], [], 5), lambda: recall_at_k(["a"], ["a"], 0)])
+@pytest.mark.parametrize(
+    "call", [lambda: recall_at_k(["a"], [], 5), lambda: recall_at_k(["a"], ["a"], 0)]
+)
 def test_retrieval_metrics_reject_meaningless_input(call: Any) -> None:
     with pytest.raises(ValueError):
         call()
@@ -268,7 +272,9 @@ def test_abstention_precision_recall_and_false_abstention() -> None:
 
 def test_abstention_scores_are_none_when_undefined() -> None:
     scores = abstention_scores([(True, False)])
-    assert scores.precision is None and scores.recall is None and scores.false_abstention_rate == 0.0
+    assert (
+        scores.precision is None and scores.recall is None and scores.false_abstention_rate == 0.0
+    )
 
 
 def test_percentile_interpolates_like_numpy() -> None:
@@ -306,7 +312,11 @@ def test_a_good_answer_has_no_failures() -> None:
 
 def test_scoring_names_every_failure() -> None:
     q = question(must_contain=["placebo"], gold_sources=["ivig"])
-    a = answer("In ProDERM, 85% responded [1]. Extra [3].", [PRODERM], meta={"retrieved_sources": ["other"]})
+    a = answer(
+        "In ProDERM, 85% responded [1]. Extra [3].",
+        [PRODERM],
+        meta={"retrieved_sources": ["other"]},
+    )
     kinds = {f.kind for f in score_answer(q, a, 0.01, SimilarityJudge(), k=5).failures}
     assert {"retrieval_miss", "missing_key_fact", "invalid_citations", "ungrounded_number"} <= kinds
 
@@ -316,7 +326,9 @@ def test_abstaining_in_scope_fails_key_facts_and_answering_out_of_scope_fails() 
     refused = score_answer(question(), Answer(answer=REFUSAL, abstained=True), 0.01, judge, 5)
     assert refused.key_facts_ok is False
     assert [f.kind for f in refused.failures] == ["false_abstention"]
-    answered = score_answer(question(in_scope=False), answer(f"{PRODERM[:-1]} [1].", [PRODERM]), 0.01, judge, 5)
+    answered = score_answer(
+        question(in_scope=False), answer(f"{PRODERM[:-1]} [1].", [PRODERM]), 0.01, judge, 5
+    )
     assert [f.kind for f in answered.failures] == ["answered_out_of_scope"]
 
 
@@ -331,8 +343,12 @@ def test_summary_denominators_and_gate() -> None:
     judge = SimilarityJudge()
     good = answer(f"{PRODERM[:-1]} [1].", [PRODERM], meta={"retrieved_sources": ["ivig"]})
     results = [
-        score_answer(question(id="a", must_contain=["78.7"], gold_sources=["ivig"]), good, 0.1, judge, 5),
-        score_answer(question(id="b", in_scope=False), Answer(answer=REFUSAL, abstained=True), 0.3, judge, 5),
+        score_answer(
+            question(id="a", must_contain=["78.7"], gold_sources=["ivig"]), good, 0.1, judge, 5
+        ),
+        score_answer(
+            question(id="b", in_scope=False), Answer(answer=REFUSAL, abstained=True), 0.3, judge, 5
+        ),
     ]
     metrics = summarise(results, 5)
     assert metrics["key_fact_accuracy"] == 1.0 and metrics["recall@k"] == 1.0
@@ -346,8 +362,13 @@ def test_summary_denominators_and_gate() -> None:
 
 
 def test_gate_holds_at_least_the_issue_thresholds() -> None:
-    floors = {"recall@k": 0.9, "key_fact_accuracy": 0.85, "citation_validity": 1.0,
-              "numbers_grounded": 1.0, "abstention_recall": 0.9}  # fmt: skip
+    floors = {
+        "recall@k": 0.9,
+        "key_fact_accuracy": 0.85,
+        "citation_validity": 1.0,
+        "numbers_grounded": 1.0,
+        "abstention_recall": 0.9,
+    }
     gate = {t.metric: t for t in GATE}
     for metric, floor in floors.items():
         assert gate[metric].op == ">=" and gate[metric].value >= floor
