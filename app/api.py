@@ -74,6 +74,7 @@ class ManagedService:
         self._service: QAService | None = None
         self._error: str | None = None
         self._load_lock = threading.Lock()
+        self._start_lock = threading.Lock()
         self._loaded = threading.Event()
         self._loading = False
         self._slots = threading.BoundedSemaphore(max_concurrent)
@@ -86,8 +87,16 @@ class ManagedService:
         managed.load()
         return managed
 
-    def start_loading(self) -> threading.Thread:
-        """Load in a background thread, so the server answers /healthz meanwhile."""
+    def start_loading(self) -> threading.Thread | None:
+        """Load in a background thread, so the server answers /healthz meanwhile.
+
+        Returns:
+            The loading thread, or None when loading already started or finished.
+        """
+        with self._start_lock:
+            if self._loading or self._loaded.is_set():
+                return None
+            self._loading = True
         thread = threading.Thread(target=self.load, name="myoqa-load-chain", daemon=True)
         thread.start()
         return thread
@@ -454,6 +463,7 @@ def create_app(
     @app.get("/healthz", tags=["api"], summary="Readiness")
     async def healthz() -> JSONResponse:
         """``{index_loaded, model_loaded, n_chunks, ...}``; 503 until the chain is loaded."""
+        managed.start_loading()  # a lazily built service starts loading when first checked
         status = managed.status()
         ready = status["index_loaded"] and status["model_loaded"]
         return JSONResponse(status, status_code=200 if ready else 503)

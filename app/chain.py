@@ -34,6 +34,7 @@ from indexer.embeddings import EmbeddingModel, load_embedding_model
 from indexer.errors import MyoQAError
 from indexer.settings import Settings
 from indexer.store import LoadedIndex, load_index
+from indexer.text import sentence_spans
 
 log = logging.getLogger(__name__)
 
@@ -117,8 +118,12 @@ class QAChain:
             yield self._answer(state)
             return
         answer = self._answer(state)
-        for i, sentence in enumerate(answer.answer.split(". ")):
-            yield sentence if i == 0 else ". " + sentence
+        cursor = 0
+        for _, end in sentence_spans(answer.answer):
+            yield answer.answer[cursor:end]
+            cursor = end
+        if cursor < len(answer.answer):
+            yield answer.answer[cursor:]
         yield answer
 
     # --- stages -------------------------------------------------------------------

@@ -421,13 +421,7 @@ class ChatHandlers:
         if not turns:
             raise gr.Error("Ask a question first; feedback is about the latest answer.")
         self._store_vote(turns[-1], rating, comment or "")
-        thanks = (
-            "Thanks: your feedback was saved."
-            if rating == "up"
-            else (
-                "Thanks: your feedback was saved and will help the course team improve the sources."
-            )
-        )
+        thanks = "Thanks: your feedback was saved."
         return "", thanks
 
     def like(self, turns: list[dict[str, Any]] | None, data: gr.LikeData) -> str:

@@ -167,6 +167,11 @@ def render_markdown(run: EvalRun, n_worst: int = 10) -> str:
     return "\n".join(parts)
 
 
+def _plot_label(metric: str, k: int) -> str:
+    label = metric.replace("@k", f"@{k}").replace("_", " ")
+    return f"{label} (lower is better)" if metric == "false_abstention_rate" else label
+
+
 def write_plot(run: EvalRun, path: Path) -> None:
     """Grouped bars of the rate metrics, and latency, by configuration."""
     import matplotlib
@@ -195,13 +200,14 @@ def write_plot(run: EvalRun, path: Path) -> None:
                 )
     ax.set_xticks(
         x,
-        [m.replace("@k", f"@{run.k}").replace("_", " ") for m in metrics],
+        [_plot_label(m, run.k) for m in metrics],
         rotation=35,
         ha="right",
     )
-    ax.set_ylim(0, 1.05)
+    ax.set_ylim(0, 1.16)  # room above the bars for the legend
+    ax.set_yticks(np.linspace(0, 1, 6))
     ax.set_title("Metrics by configuration (dashed: CI gate)")
-    ax.legend(loc="lower left", fontsize="small")
+    ax.legend(loc="upper left", ncols=len(names), fontsize="small", frameon=False)
     ax.grid(axis="y", alpha=0.3)
     p50 = [run.configs[n].metrics["latency_p50_s"] * 1000 for n in names]
     p95 = [run.configs[n].metrics["latency_p95_s"] * 1000 for n in names]

@@ -40,6 +40,7 @@ SEVERITY: dict[str, int] = {
     "false_abstention": 3,
     "missing_key_fact": 2,
     "unsupported_sentence": 1,
+    "uncited_sentence": 1,
     "retrieval_miss": 1,
 }
 
@@ -194,7 +195,9 @@ def score_answer(
     result.citation_recall = citation_recall(verdicts)
     result.citation_precision = citation_precision(verdicts)
     for v in verdicts:
-        if not v.supported:
+        if not v.cites:
+            fail(Failure("uncited_sentence", f"no [n] marker: {v.sentence[:90]}"))
+        elif not v.supported:
             fail(Failure("unsupported_sentence", f"{v.reason}: {v.sentence[:90]}"))
     return result
 
@@ -241,6 +244,9 @@ def summarise(results: Sequence[QuestionResult], k: int) -> dict[str, Any]:
 
 
 def worst(results: Sequence[QuestionResult], n: int) -> list[QuestionResult]:
-    """The ``n`` failing questions with the highest severity (ties: file order)."""
+    """The ``n`` failing questions with the highest severity.
+
+    Ties go to the question missing more key facts, then to file order.
+    """
     failing = [r for r in results if r.failures]
-    return sorted(failing, key=lambda r: -r.severity)[:n]
+    return sorted(failing, key=lambda r: (-r.severity, -len(r.missing_key_facts)))[:n]

@@ -342,6 +342,23 @@ def test_healthz_while_loading(store: FeedbackStore, tmp_path: Path) -> None:
         assert loading.post("/api/ask", json={"question": "q"}).status_code == 200
 
 
+def test_healthz_starts_a_lazy_service_loading(store: FeedbackStore, tmp_path: Path) -> None:
+    loads: list[int] = []
+
+    def loader() -> Any:
+        loads.append(1)
+        return FakeChain()
+
+    managed = ManagedService(loader)
+    with TestClient(create_app(managed, chat_settings(tmp_path), store, ui=False)) as lazy:
+        for _ in range(200):
+            if lazy.get("/healthz").status_code == 200:
+                break
+            time.sleep(0.02)
+        assert lazy.get("/healthz").json()["n_chunks"] == 3
+    assert loads == [1]
+
+
 def test_managed_service_bounds_concurrency() -> None:
     active, peak = [0], [0]
     lock = threading.Lock()
@@ -491,6 +508,7 @@ def test_serve_command_applies_flags_and_config(
 ) -> None:
     seen: list[Settings] = []
     monkeypatch.delenv("MYOQA_PATHS__INDEX_DIR")  # the environment would win over the file
+    monkeypatch.setenv("MYOQA_CONFIG_FILE", "")  # --config sets it; undone after the test
     monkeypatch.setattr("app.server.serve", lambda settings: seen.append(settings))
     config = tmp_path / "course.json"
     config.write_text(
@@ -514,7 +532,10 @@ def test_serve_command_applies_flags_and_config(
     assert settings.paths.index_dir == tmp_path / "course-index"
 
 
-def test_serve_command_reports_bad_settings(tmp_path: Path) -> None:
+def test_serve_command_reports_bad_settings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MYOQA_CONFIG_FILE", "")
     config = tmp_path / "bad.json"
     config.write_text(
         json.dumps({"server": {"allowed_origins": ["course.example.edu"]}}), encoding="utf-8"

@@ -321,6 +321,13 @@ def test_scoring_names_every_failure() -> None:
     assert {"retrieval_miss", "missing_key_fact", "invalid_citations", "ungrounded_number"} <= kinds
 
 
+def test_an_uncited_sentence_is_its_own_failure() -> None:
+    a = answer(f"IVIG was studied. {PRODERM[:-1]} [1].", [PRODERM])
+    result = score_answer(question(must_contain=["78.7"]), a, 0.01, SimilarityJudge(), k=5)
+    assert [f.kind for f in result.failures] == ["uncited_sentence"]
+    assert result.citation_recall == 0.5
+
+
 def test_abstaining_in_scope_fails_key_facts_and_answering_out_of_scope_fails() -> None:
     judge = SimilarityJudge()
     refused = score_answer(question(), Answer(answer=REFUSAL, abstained=True), 0.01, judge, 5)
