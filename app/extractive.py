@@ -35,9 +35,11 @@ INFORMATIVE_TOKENS = 10
 #: a pair of sentences must beat a single one by this factor to be preferred
 PAIR_FACTOR = 0.95
 #: ... and its second sentence must add at least this much key-term coverage
-PAIR_MIN_GAIN = 0.05
+PAIR_MIN_GAIN = 0.1
 #: cosine above which two sentences say the same thing
 DUPLICATE_SIMILARITY = 0.88
+#: share of tokens two sentences have in common above which they say the same thing
+DUPLICATE_OVERLAP = 0.6
 #: ... or above which they do when one's figures are all in the other
 RESTATED_SIMILARITY = 0.6
 #: how far below the best sentence another may score and still be included
@@ -227,6 +229,11 @@ def _restates(one: Candidate, other: Candidate) -> bool:
     similarity = float(np.max(one.part_vectors @ other.part_vectors.T))
     if similarity > DUPLICATE_SIMILARITY:
         return True
+    for mine in one.parts:
+        for theirs in other.parts:
+            a, b = set(tokenize(mine)), set(tokenize(theirs))
+            if a and b and len(a & b) / len(a | b) >= DUPLICATE_OVERLAP:
+                return True
     figures = numbers_in(one.text)
     adds_nothing = bool(figures) and figures <= numbers_in(other.text)
     return adds_nothing and float(np.dot(one.vector, other.vector)) > RESTATED_SIMILARITY

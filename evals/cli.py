@@ -26,6 +26,19 @@ _INDEX_DIR = click.option(
     "--index-dir", type=click.Path(file_okay=False, path_type=Path), help="Index folder."
 )
 _PROGRESS = click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
+_TORCH_THREADS = click.option(
+    "--torch-threads",
+    type=click.IntRange(min=1),
+    envvar="MYOQA_EVAL_TORCH_THREADS",
+    help="torch intra-op threads for this run (default: torch's choice, one per core).",
+)
+
+
+def _set_torch_threads(threads: int | None) -> None:
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
 
 
 def _load(settings: Settings) -> tuple[Any, Any, float]:
@@ -104,6 +117,7 @@ def main(config: Path | None, verbose: int) -> None:
 )
 @_INDEX_DIR
 @_PROGRESS
+@_TORCH_THREADS
 @click.pass_context
 @user_errors
 def run(
@@ -118,6 +132,7 @@ def run(
     gate: bool,
     index_dir: Path | None,
     progress: bool,
+    torch_threads: int | None,
 ) -> None:
     """Answer a question file with each configuration and write the reports."""
     from evals.gate import gate_failures
@@ -129,6 +144,7 @@ def run(
     settings = settings_from(ctx, paths__index_dir=index_dir)
     questions = load_questions(questions_path)
     names = parse_config_names(configs, settings)
+    _set_torch_threads(torch_threads)
     model, index, _ = _load(settings)
     chains = build_chains(settings, names, model, index)
     embed = None if lexical_judge else model.embed_documents
@@ -189,6 +205,7 @@ def run(
 )
 @_INDEX_DIR
 @_PROGRESS
+@_TORCH_THREADS
 @click.pass_context
 @user_errors
 def bench(
@@ -199,6 +216,7 @@ def bench(
     warmup: int,
     index_dir: Path | None,
     progress: bool,
+    torch_threads: int | None,
 ) -> None:
     """Warm throughput and latency of the default chain on a question file."""
     from app.chain import QAChain
@@ -207,6 +225,7 @@ def bench(
 
     settings = settings_from(ctx, paths__index_dir=index_dir)
     questions = load_questions(questions_path)
+    _set_torch_threads(torch_threads)
     model, index, load_seconds = _load(settings)
     llm = None
     if settings.answer.mode == "llm":
