@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	touch $(STAMP)
 
 index: $(STAMP)
-	$(BIN)/myositis-qa index
+	$(BIN)/myositis-qa index --no-progress
 
 run: $(STAMP)
 	@test -f index/manifest.json || $(BIN)/myositis-qa index
@@ -39,12 +39,10 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check indexer app evals tests
 	$(BIN)/mypy
 
-eval: $(STAMP)
-	@test -f index/manifest.json || $(BIN)/myositis-qa index
+eval: index
 	$(BIN)/myositis-qa-eval run --questions evals/questions/dev.jsonl --out reports/dev
 
-bench: $(STAMP)
-	@test -f index/manifest.json || $(BIN)/myositis-qa index
+bench: index
 	$(BIN)/myositis-qa-eval bench --questions evals/questions/dev.jsonl --out reports/bench
 
 clean:

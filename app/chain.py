@@ -293,6 +293,10 @@ def load_chain(
     settings: Settings, model: EmbeddingModel | None = None, llm: Any | None = None
 ) -> QAChain:
     """Load the embedding model and the index (refusing one built with other settings)."""
+    if settings.embedding.query_threads:
+        import torch
+
+        torch.set_num_threads(settings.embedding.query_threads)
     model = model or load_embedding_model(settings.embedding)
     index = load_index(
         settings.paths.index_dir, expected_identity=settings.index_identity(model.dim)

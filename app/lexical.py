@@ -223,7 +223,7 @@ def _raw_tokens(text: str) -> list[str]:
                 continue
         raw.append(token)
     for position, token in enumerate(raw):
-        if token in STOPWORDS:
+        if token in STOPWORDS or (len(token) == 1 and token.isalpha()):
             continue
         tokens.append(token)
         bare = token.lstrip("≥≤<>")

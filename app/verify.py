@@ -106,15 +106,19 @@ def renumber(sentences: Sequence[DraftSentence]) -> tuple[list[DraftSentence], l
 
 
 def render(sentences: Sequence[DraftSentence]) -> str:
-    """Sentences joined, each ending with its markers before the final punctuation."""
+    """Sentences joined, every sentence ending with its markers before the final punctuation.
+
+    A draft may hold several sentences (a quoted pair); each of them gets the markers.
+    """
     parts = []
-    for sentence in sentences:
-        text = sentence.text.rstrip()
-        marks = "".join(f"[{n}]" for n in sentence.cites)
-        if text and text[-1] in ".!?":
-            parts.append(f"{text[:-1].rstrip()} {marks}{text[-1]}")
-        else:
-            parts.append(f"{text} {marks}.")
+    for draft in sentences:
+        marks = "".join(f"[{n}]" for n in draft.cites)
+        for sentence in split_sentences(draft.text.strip()) or [draft.text.strip()]:
+            text = sentence.rstrip()
+            if text and text[-1] in ".!?":
+                parts.append(f"{text[:-1].rstrip()} {marks}{text[-1]}")
+            else:
+                parts.append(f"{text} {marks}.")
     return " ".join(parts)
 
 

@@ -32,6 +32,7 @@ GATE: tuple[Threshold, ...] = (
     Threshold("recall@k", ">=", 0.90),
     Threshold("key_fact_accuracy", ">=", 0.85),
     Threshold("citation_validity", ">=", 1.0),
+    Threshold("citation_recall", ">=", 0.95),
     Threshold("numbers_grounded", ">=", 1.0),
     Threshold("abstention_recall", ">=", 0.90),
     Threshold("false_abstention_rate", "<=", 0.05),

@@ -16,7 +16,7 @@ from typing import Any
 from app.schema import QAService
 from evals.judge import SimilarityJudge, SupportJudge
 from evals.questions_io import Question
-from evals.scoring import QuestionResult, score_answer, summarise
+from evals.scoring import QuestionResult, error_result, score_answer, summarise
 from indexer.embeddings import EmbeddingModel
 from indexer.errors import MyoQAError
 from indexer.settings import Settings
@@ -167,7 +167,12 @@ def run_config(
     results: list[QuestionResult] = []
     for question in tqdm(questions, desc=name, unit="q", disable=not progress, leave=False):
         started = time.perf_counter()
-        answer = chain.ask(question.question)
+        try:
+            answer = chain.ask(question.question)
+        except MyoQAError as exc:  # a question the chain rejects (too long, empty) is a failure
+            log.warning("%s: %s", question.id, exc)
+            results.append(error_result(question, str(exc), time.perf_counter() - started))
+            continue
         seconds = time.perf_counter() - started
         results.append(score_answer(question, answer, seconds, judge, k))
     metrics = summarise(results, k)

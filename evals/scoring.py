@@ -31,17 +31,17 @@ from evals.metrics import (
 )
 from evals.questions_io import Question
 
-#: Failure kinds, worst first, with the weight they add to a question's severity.
+#: Failure kinds, worst first, with the weight each adds (once) to a question's severity.
 SEVERITY: dict[str, int] = {
-    "error": 5,
-    "ungrounded_number": 4,
-    "invalid_citations": 4,
-    "answered_out_of_scope": 3,
-    "false_abstention": 3,
-    "missing_key_fact": 2,
-    "unsupported_sentence": 1,
+    "error": 8,
+    "ungrounded_number": 6,
+    "invalid_citations": 6,
+    "answered_out_of_scope": 5,
+    "false_abstention": 4,
+    "missing_key_fact": 3,
+    "retrieval_miss": 2,
+    "unsupported_sentence": 2,
     "uncited_sentence": 1,
-    "retrieval_miss": 1,
 }
 
 #: Metrics that are shares in [0, 1] (plotted together); the rest are counts or seconds.
@@ -100,7 +100,8 @@ class QuestionResult:
 
     @property
     def severity(self) -> int:
-        return sum(SEVERITY.get(f.kind, 1) for f in self.failures)
+        """Sum of the weights of the kinds of failure (each kind counted once)."""
+        return sum(SEVERITY.get(kind, 1) for kind in {f.kind for f in self.failures})
 
     @property
     def citations_valid(self) -> bool:
@@ -199,6 +200,30 @@ def score_answer(
             fail(Failure("uncited_sentence", f"no [n] marker: {v.sentence[:90]}"))
         elif not v.supported:
             fail(Failure("unsupported_sentence", f"{v.reason}: {v.sentence[:90]}"))
+    return result
+
+
+def error_result(question: Question, message: str, seconds: float) -> QuestionResult:
+    """The row of a question the chain refused with a user error (e.g. too long)."""
+    result = QuestionResult(
+        id=question.id,
+        question=question.question,
+        in_scope=question.in_scope,
+        gold_sources=list(question.gold_sources),
+        answer="",
+        abstained=False,
+        reason=None,
+        citations=[],
+        retrieved_sources=[],
+        best_score=None,
+        seconds=seconds,
+        key_facts_ok=False if question.in_scope else None,
+        missing_key_facts=list(question.must_contain) if question.in_scope else [],
+        extra=dict(question.extra),
+    )
+    if question.gold_sources:
+        result.recall, result.coverage, result.reciprocal_rank = 0.0, 0.0, 0.0
+    result.failures.append(Failure("error", message))
     return result
 
 

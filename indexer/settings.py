@@ -59,6 +59,12 @@ class EmbeddingSettings(_Section):
     )
     batch_size: int = Field(default=32, ge=1, le=1024, description="Chunks embedded per batch.")
     device: str = Field(default="cpu", description="Torch device for the embedding model.")
+    query_threads: int = Field(
+        default=1,
+        ge=0,
+        description="Torch threads when answering (1 keeps concurrent answers from stalling "
+        "each other on a small machine; 0 keeps torch's default). Index builds use the default.",
+    )
 
 
 class ChunkSettings(_Section):

@@ -122,6 +122,7 @@ TINY_QUESTIONS = [
     '{"id": "ibm", "question": "inclusion body myositis finger flexors quadriceps", "in_scope": true, '
     '"must_contain": ["quadriceps"], "gold_sources": ["ibm", "not-indexed"]}',
     '{"id": "off", "question": "banana bread recipe", "in_scope": false, "must_contain": []}',
+    '{"id": "long", "question": "' + "x" * 1001 + '", "in_scope": true, "must_contain": ["x"]}',
 ]
 
 
@@ -149,7 +150,8 @@ def test_run_eval_writes_three_reports(
     assert [p.name for p in paths] == ["report.json", "report.md", "report.png"]
     data = json.loads(paths[0].read_text(encoding="utf-8"))
     hybrid = data["configs"]["hybrid"]
-    assert hybrid["metrics"]["n_questions"] == 3
+    assert hybrid["metrics"]["n_questions"] == 4
+    assert hybrid["questions"][-1]["failures"][0].startswith("error: The question is 1001")
     row = hybrid["questions"][0]
     assert {"answer", "citations", "verdicts", "failures", "severity", "retrieved_sources"} <= set(
         row
@@ -163,7 +165,8 @@ def test_bench_measures_warm_throughput(
     tiny_index: Settings, fake_model: EmbeddingModel, tmp_path: Path
 ) -> None:
     chain = QAChain(tiny_index, load_index(tiny_index.paths.index_dir), fake_model)
-    result = run_bench(chain, parse_questions(TINY_QUESTIONS), warmup=1, repeat=2, progress=False)
+    questions = parse_questions(TINY_QUESTIONS)[:3]
+    result = run_bench(chain, questions, warmup=1, repeat=2, progress=False)
     assert result.n_asked == 6 and result.throughput_qps > 0
     assert 0 < result.latency_p50_ms <= result.latency_p95_ms <= result.latency_max_ms
     json_path, md_path = write_bench(result, tmp_path)

@@ -380,3 +380,21 @@ def test_gate_holds_at_least_the_issue_thresholds() -> None:
     for metric, floor in floors.items():
         assert gate[metric].op == ">=" and gate[metric].value >= floor
     assert gate["false_abstention_rate"].op == "<=" and gate["false_abstention_rate"].value <= 0.05
+
+
+def test_worst_ranks_scope_errors_above_uncited_sentences() -> None:
+    judge = SimilarityJudge()
+    uncited = answer(f"IVIG was studied. {PRODERM[:-1]} [1].", [PRODERM])
+    results = [
+        score_answer(question(id="uncited", must_contain=["78.7"]), uncited, 0.1, judge, 5),
+        score_answer(
+            question(id="fine", must_contain=["78.7"]),
+            answer(f"{PRODERM[:-1]} [1].", [PRODERM]),
+            0.1,
+            judge,
+            5,
+        ),
+        score_answer(question(id="answered", in_scope=False), uncited, 0.1, judge, 5),
+    ]
+    assert [r.id for r in worst(results, 5)] == ["answered", "uncited"]
+    assert results[2].severity == 5 + 1  # each kind counted once
