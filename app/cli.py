@@ -2,61 +2,20 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import os
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 
+from app.cli_common import configure_logging, settings_with, user_errors
 from indexer.errors import MyoQAError
-from indexer.settings import Settings, load_settings
+from indexer.settings import load_settings
 
 log = logging.getLogger(__name__)
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def user_errors(func: F) -> F:
-    """Turn a MyoQAError into a clean CLI error (set MYOQA_DEBUG=1 for the traceback)."""
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except MyoQAError as exc:
-            if os.environ.get("MYOQA_DEBUG"):
-                raise
-            raise click.ClickException(str(exc)) from exc
-
-    return wrapper  # type: ignore[return-value]
-
-
-def configure_logging(verbose: int) -> None:
-    level = logging.WARNING - 10 * verbose if verbose else logging.INFO
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", force=True)
-    for noisy in ("httpx", "sentence_transformers", "transformers", "faiss", "urllib3"):
-        logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
-
-
-def settings_from(ctx: click.Context, **overrides: Any) -> Settings:
-    """Settings with CLI overrides applied to their sections."""
-    nested: dict[str, dict[str, Any]] = {}
-    for key, value in overrides.items():
-        if value is None:
-            continue
-        section, field = key.split("__", 1)
-        nested.setdefault(section, {})[field] = value
-    base = load_settings()
-    if not nested:
-        return base
-    data = base.model_dump()
-    for section, values in nested.items():
-        data[section].update(values)
-    return load_settings(**data)
 
 
 @click.group()
@@ -86,10 +45,8 @@ def main(config: Path | None, verbose: int) -> None:
 @click.option("--manifest", type=click.Path(dir_okay=False, path_type=Path), help="Manifest CSV.")
 @click.option("--index-dir", type=click.Path(file_okay=False, path_type=Path), help="Index folder.")
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar while embedding.")
-@click.pass_context
 @user_errors
 def index(
-    ctx: click.Context,
     rebuild: bool,
     strict: bool,
     corpus_dir: Path | None,
@@ -101,8 +58,8 @@ def index(
     from indexer.build import build_index
     from indexer.embeddings import load_embedding_model
 
-    settings = settings_from(
-        ctx, paths__corpus_dir=corpus_dir, paths__manifest=manifest, paths__index_dir=index_dir
+    settings = settings_with(
+        paths__corpus_dir=corpus_dir, paths__manifest=manifest, paths__index_dir=index_dir
     )
     model = load_embedding_model(settings.embedding)
     report = build_index(settings, model, rebuild=rebuild, strict=strict, progress=progress)
@@ -171,10 +128,8 @@ def format_answer(answer: Any) -> str:
 )
 @click.option("--index-dir", type=click.Path(file_okay=False, path_type=Path), help="Index folder.")
 @click.option("--mode", type=click.Choice(["extractive", "llm"]), help="Answerer to use.")
-@click.pass_context
 @user_errors
 def ask(
-    ctx: click.Context,
     question: str | None,
     as_json: bool,
     batch: Path | None,
@@ -188,7 +143,7 @@ def ask(
         raise MyoQAError(
             'Give a question, e.g. myositis-qa ask "What is anti-MDA5 DM?", or --batch FILE.'
         )
-    settings = settings_from(ctx, paths__index_dir=index_dir, answer__mode=mode)
+    settings = settings_with(paths__index_dir=index_dir, answer__mode=mode)
     if batch is not None:
         rows = _read_batch(batch)
         chain = load_chain(settings)

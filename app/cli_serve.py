@@ -2,51 +2,21 @@
 
 from __future__ import annotations
 
-import functools
 import os
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 
-from indexer.errors import MyoQAError
-from indexer.settings import Settings, load_settings
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def _user_errors(func: F) -> F:
-    """A MyoQAError becomes a clean CLI error (``MYOQA_DEBUG=1`` re-raises it)."""
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except MyoQAError as exc:
-            if os.environ.get("MYOQA_DEBUG"):
-                raise
-            raise click.ClickException(str(exc)) from exc
-
-    return wrapper  # type: ignore[return-value]
+from app.cli_common import settings_with, user_errors
+from indexer.settings import Settings
 
 
 def _settings(config: Path | None, **overrides: Any) -> Settings:
     """Settings from the config file/env, with the given ``section__field`` flags applied."""
     if config is not None:
         os.environ["MYOQA_CONFIG_FILE"] = str(config)
-    base = load_settings()
-    nested: dict[str, dict[str, Any]] = {}
-    for key, value in overrides.items():
-        if value is not None:
-            section, field = key.split("__", 1)
-            nested.setdefault(section, {})[field] = value
-    if not nested:
-        return base
-    data = base.model_dump()
-    for section, values in nested.items():
-        data[section].update(values)
-    return load_settings(**data)
+    return settings_with(**overrides)
 
 
 _config_option = click.option(
@@ -63,7 +33,7 @@ _config_option = click.option(
 @click.option("--root-path", help="Path prefix when served behind a proxy (server.root_path).")
 @click.option("--index-dir", type=click.Path(file_okay=False, path_type=Path), help="Index folder.")
 @_config_option
-@_user_errors
+@user_errors
 def serve(
     host: str | None,
     port: int | None,
@@ -104,7 +74,7 @@ def feedback() -> None:
     help="Feedback database (paths.feedback_db; default data/feedback.sqlite3).",
 )
 @_config_option
-@_user_errors
+@user_errors
 def export(csv_path: Path, force: bool, db: Path | None, config: Path | None) -> None:
     """Write every stored vote (question, answer, sources, rating, comment, time) to a CSV."""
     from app.feedback import FeedbackStore

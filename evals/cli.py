@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from app.cli import configure_logging, settings_from, user_errors
+from app.cli_common import configure_logging, settings_with, user_errors
 from indexer.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -118,10 +118,8 @@ def main(config: Path | None, verbose: int) -> None:
 @_INDEX_DIR
 @_PROGRESS
 @_TORCH_THREADS
-@click.pass_context
 @user_errors
 def run(
-    ctx: click.Context,
     questions_path: Path,
     out_dir: Path,
     configs: str | None,
@@ -141,7 +139,7 @@ def run(
     from evals.report import write_reports
     from evals.runner import build_chains, parse_config_names, prime_from_index, run_eval
 
-    settings = settings_from(ctx, paths__index_dir=index_dir)
+    settings = settings_with(paths__index_dir=index_dir)
     questions = load_questions(questions_path)
     names = parse_config_names(configs, settings)
     _set_torch_threads(torch_threads)
@@ -206,10 +204,8 @@ def run(
 @_INDEX_DIR
 @_PROGRESS
 @_TORCH_THREADS
-@click.pass_context
 @user_errors
 def bench(
-    ctx: click.Context,
     questions_path: Path,
     out_dir: Path,
     repeat: int,
@@ -223,7 +219,7 @@ def bench(
     from evals.bench import run_bench, write_bench
     from evals.questions_io import load_questions
 
-    settings = settings_from(ctx, paths__index_dir=index_dir)
+    settings = settings_with(paths__index_dir=index_dir)
     questions = load_questions(questions_path)
     _set_torch_threads(torch_threads)
     model, index, load_seconds = _load(settings)
@@ -272,9 +268,7 @@ def calibrate(data: Path, lexical_weight: float | None, lexical_judge: bool) -> 
     pairs = load_pairs(data)
     embed = None
     if not lexical_judge:
-        embed = load_embedding_model(
-            settings_from(click.get_current_context()).embedding
-        ).embed_documents
+        embed = load_embedding_model(settings_with().embedding).embed_documents
     judge = SimilarityJudge(embed=embed, lexical_weight=lexical_weight or LEXICAL_WEIGHT)
     scored = score_pairs(pairs, judge)
     click.echo("\n".join(score_table(scored)))
