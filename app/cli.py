@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
 import click
 
-from app.cli_common import configure_logging, settings_with, user_errors
+from app.cli_common import settings_with, start, user_errors
 from indexer.errors import MyoQAError
 from indexer.settings import load_settings
 
@@ -29,11 +28,7 @@ log = logging.getLogger(__name__)
 @click.version_option(package_name="myositis-qa")
 def main(config: Path | None, verbose: int) -> None:
     """Literature-grounded answers about idiopathic inflammatory myopathies."""
-    configure_logging(verbose)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    if config is not None:
-        os.environ["MYOQA_CONFIG_FILE"] = str(config)
+    start(verbose, config)
 
 
 @main.command()

@@ -6,6 +6,7 @@ import functools
 import logging
 import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -29,6 +30,15 @@ def user_errors(func: F) -> F:
             raise click.ClickException(str(exc)) from exc
 
     return wrapper  # type: ignore[return-value]
+
+
+def start(verbose: int, config: Path | None) -> None:
+    """What every entry point does first: logging, offline models, the config file."""
+    configure_logging(verbose)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if config is not None:
+        os.environ["MYOQA_CONFIG_FILE"] = str(config)
 
 
 def configure_logging(verbose: int) -> None:

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any
 
 import click
 
-from app.cli_common import configure_logging, settings_with, user_errors
+from app.cli_common import settings_with, start, user_errors
 from indexer.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -66,11 +65,7 @@ def _load(settings: Settings) -> tuple[Any, Any, float]:
 @click.option("-v", "--verbose", count=True, help="More logging (-vv for debug).")
 def main(config: Path | None, verbose: int) -> None:
     """Measure myositis-qa: grounding, retrieval, abstention and speed."""
-    configure_logging(verbose)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    if config is not None:
-        os.environ["MYOQA_CONFIG_FILE"] = str(config)
+    start(verbose, config)
 
 
 @main.command()
