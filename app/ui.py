@@ -539,8 +539,8 @@ def build_app(
                 scale=6,
                 elem_id="myoqa-comment",
             )
-            up = gr.Button("👍 Helpful", scale=1, elem_id="myoqa-up")
-            down = gr.Button("👎 Not helpful", scale=1, elem_id="myoqa-down")
+            up = gr.Button("Helpful", scale=1, elem_id="myoqa-up")
+            down = gr.Button("Not helpful", scale=1, elem_id="myoqa-down")
         status = gr.Markdown(elem_id="myoqa-feedback-status")
 
         # Answers share one concurrency group (the service bounds the work as well);
