@@ -16,6 +16,7 @@ from langchain_core.runnables import Runnable, RunnableLambda
 
 from app.extractive import Candidate, ExtractiveAnswerer, assess_support, lexical_coverage
 from app.lexical import default_synonyms, tokenize
+from app.llm import build_messages, build_rewrite_messages, llm_failure
 from app.policy import (
     GENERAL_GUIDANCE_INTRO,
     NOT_REPORTED_INTRO,
@@ -28,7 +29,7 @@ from app.policy import (
 )
 from app.retrieval import Hit, HybridRetriever, Query
 from app.schema import Answer, Citation, Message
-from app.scope import condense, is_patient_specific
+from app.scope import condense, is_follow_up, is_patient_specific
 from app.verify import DraftSentence, parse_cited_sentences, render, renumber, verify
 from indexer.embeddings import EmbeddingModel, load_embedding_model
 from indexer.errors import MyoQAError
@@ -132,7 +133,10 @@ class QAChain:
         started = time.perf_counter()
         question = self.validate(state["question"])
         history = state.get("history") or []
-        search_text = condense(question, history, self.retriever.vocabulary)
+        if self.llm is not None and history and is_follow_up(question):
+            search_text = self._llm_rewrite(question, history)
+        else:
+            search_text = condense(question, history, self.retriever.vocabulary)
         query = self.retriever.prepare(search_text)
         if query.vector is None:  # BM25-only retrieval still scores sentences semantically
             query.vector = self.model.embed_query(query.expanded_text)
@@ -267,19 +271,37 @@ class QAChain:
     # --- LLM ----------------------------------------------------------------------
 
     def _llm_messages(self, state: dict[str, Any]) -> list[tuple[str, str]]:
-        from app.llm import build_messages
-
-        return build_messages(state["question"], [h.chunk for h in state["hits"]], self.index)
+        return build_messages(state["query"].text, [h.chunk for h in state["hits"]], self.index)
 
     def _llm_invoke(self, state: dict[str, Any]) -> str:
         assert self.llm is not None
-        result = self.llm.invoke(self._llm_messages(state))
+        try:
+            result = self.llm.invoke(self._llm_messages(state))
+        except Exception as exc:  # any provider/network failure is the user's to fix
+            raise llm_failure(exc) from exc
         return str(getattr(result, "content", result))
 
     def _llm_stream(self, state: dict[str, Any]) -> Iterator[str]:
         assert self.llm is not None
-        for piece in self.llm.stream(self._llm_messages(state)):
-            yield str(getattr(piece, "content", piece))
+        try:
+            for piece in self.llm.stream(self._llm_messages(state)):
+                yield str(getattr(piece, "content", piece))
+        except Exception as exc:
+            raise llm_failure(exc) from exc
+
+    def _llm_rewrite(self, question: str, history: Sequence[Message]) -> str:
+        """Let the model turn a follow-up into a standalone question (LLM mode)."""
+        assert self.llm is not None
+        try:
+            result = self.llm.invoke(build_rewrite_messages(question, history))
+        except Exception as exc:
+            raise llm_failure(exc) from exc
+        rewritten = str(getattr(result, "content", result)).strip().splitlines()
+        standalone = rewritten[0].strip() if rewritten else ""
+        if not standalone or len(standalone) > self.settings.answer.max_question_chars:
+            return condense(question, history, self.retriever.vocabulary)
+        log.debug("Rewrote %r as %r", question, standalone)
+        return standalone
 
 
 def _tokens_of(candidates: Sequence[Candidate]) -> set[str]:

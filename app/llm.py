@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from app.policy import REFUSAL
+from app.schema import Message
 from indexer.chunking import Chunk
 from indexer.errors import MyoQAError
 from indexer.settings import LLMSettings
@@ -32,6 +33,29 @@ def build_messages(
         blocks.append(f"[{n}] {record.title} — {chunk.section}\n{chunk.text}")
     human = "Passages:\n\n" + "\n\n".join(blocks) + f"\n\nQuestion: {question}\nAnswer:"
     return [("system", SYSTEM_PROMPT), ("human", human)]
+
+
+REWRITE_PROMPT = """Rewrite the user's last question as one standalone question that can be \
+understood without the conversation, keeping every medical term. Reply with the question only."""
+
+
+def build_rewrite_messages(question: str, history: Sequence[Message]) -> list[tuple[str, str]]:
+    """The prompt that turns a follow-up ("and in children?") into a standalone question."""
+    turns = "\n".join(
+        f"{m.get('role', 'user')}: {m.get('content', '')}" for m in history[-6:] if m.get("content")
+    )
+    return [
+        ("system", REWRITE_PROMPT),
+        ("human", f"Conversation:\n{turns}\n\nLast question: {question}"),
+    ]
+
+
+def llm_failure(exc: Exception) -> MyoQAError:
+    """A failed model call, told to the user with what to check."""
+    return MyoQAError(
+        f"The language model did not answer ({type(exc).__name__}: {exc}). Check MYOQA_LLM__BASE_URL "
+        "and MYOQA_LLM__MODEL, or use the extractive answerer (MYOQA_ANSWER__MODE=extractive)."
+    )
 
 
 def build_chat_model(settings: LLMSettings) -> Any:

@@ -299,3 +299,25 @@ def test_follow_up_uses_the_history(real_chain: QAChain) -> None:
     answer = real_chain.ask("and what about in children?", history)
     assert not answer.abstained
     assert "juvenile-dm" in {c.source_id for c in answer.citations}
+
+
+def test_llm_mode_rewrites_a_follow_up_with_the_model(fake_chain: QAChain) -> None:
+    fake_chain.llm = FakeListChatModel(
+        responses=["What were the ProDERM IVIG responder rates?", "Responders were 78.7% [1]."]
+    )
+    history = [
+        {"role": "user", "content": "Tell me about ProDERM."},
+        {"role": "assistant", "content": "ProDERM tested IVIG [1]."},
+    ]
+    answer = fake_chain.ask("and the responders?", history)
+    assert answer.meta["query"] == "What were the ProDERM IVIG responder rates?"
+
+
+def test_llm_failure_is_a_user_error(fake_chain: QAChain) -> None:
+    class Broken(FakeListChatModel):
+        def invoke(self, *args: object, **kwargs: object) -> object:  # type: ignore[override]
+            raise ConnectionError("connection refused")
+
+    fake_chain.llm = Broken(responses=["unused"])
+    with pytest.raises(MyoQAError, match=r"language model did not answer.*MYOQA_LLM__BASE_URL"):
+        fake_chain.ask("ProDERM responders")
