@@ -42,6 +42,8 @@ def load_document(path: Path) -> LoadedDocument:
         raise MyoQAError("empty file")
     if suffix == ".pdf":
         return load_pdf(path)
+    if suffix in {".xml", ".nxml"}:
+        return load_jats(path)
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
@@ -240,3 +242,52 @@ def load_pdf(path: Path) -> LoadedDocument:
     if not blocks:
         raise MyoQAError("no text to index after removing headers, footers and references")
     return LoadedDocument(title=title, blocks=blocks, pages=len(texts), warnings=warnings)
+
+
+# --- PMC JATS XML ------------------------------------------------------------------
+
+_SKIPPED_JATS = frozenset({"ref-list", "fig", "table-wrap", "supplementary-material", "ack"})
+
+
+def load_jats(path: Path) -> LoadedDocument:
+    """Load a PMC JATS XML article: abstract and body, sections from nested ``<sec>`` titles.
+
+    Parsed with defusedxml, so entity tricks in a shared file cannot expand or fetch anything.
+    """
+    from xml.etree.ElementTree import Element
+
+    from defusedxml import ElementTree
+    from defusedxml.common import DefusedXmlException
+
+    try:
+        root = ElementTree.parse(path).getroot()
+    except (ElementTree.ParseError, DefusedXmlException) as exc:
+        raise MyoQAError(f"unreadable XML ({exc})") from exc
+    if root.tag != "article":
+        raise MyoQAError(f"not a JATS article (root element <{root.tag}>)")
+    title_node = root.find("./front/article-meta/title-group/article-title")
+    title = normalize_space("".join(title_node.itertext())) if title_node is not None else None
+    blocks: list[Block] = []
+
+    def walk(node: Element, section: tuple[str, ...]) -> None:
+        for child in node:
+            if child.tag in _SKIPPED_JATS:
+                continue
+            if child.tag == "sec":
+                heading = child.find("title")
+                name = normalize_space("".join(heading.itertext())) if heading is not None else ""
+                walk(child, (*section, name) if name else section)
+            elif child.tag == "p":
+                text = normalize_space("".join(child.itertext()))
+                if text:
+                    blocks.append(Block(text, section))
+
+    abstract = root.find("./front/article-meta/abstract")
+    if abstract is not None:
+        walk(abstract, ("Abstract",))
+    body = root.find("body")
+    if body is not None:
+        walk(body, ())
+    if not blocks:
+        raise MyoQAError("no abstract or body text in the XML")
+    return LoadedDocument(title=title, blocks=blocks)

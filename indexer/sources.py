@@ -14,7 +14,7 @@ from indexer.errors import MyoQAError
 log = logging.getLogger(__name__)
 
 #: File types the loaders understand.
-SUPPORTED_SUFFIXES = frozenset({".md", ".markdown", ".txt", ".pdf"})
+SUPPORTED_SUFFIXES = frozenset({".md", ".markdown", ".txt", ".pdf", ".xml", ".nxml"})
 REQUIRED_COLUMNS = ("id", "file", "title")
 MANIFEST_COLUMNS = (
     "id", "file", "title", "authors", "journal", "year", "doi", "pmid", "pmcid", "url",

@@ -344,3 +344,36 @@ def test_real_model_embeds_and_retrieves(
     query = real_model.embed_query("Which antibody goes with rapidly progressive lung disease?")
     _, rows = index.vectors.search(query[None, :], 1)
     assert index.chunks[int(rows[0][0])].source_id == "mda5"
+
+
+JATS = """<?xml version="1.0" encoding="UTF-8"?>
+<article><front><article-meta><title-group><article-title>Exercise in <italic>myositis</italic></article-title></title-group>
+<abstract><p>Exercise is safe in myositis.</p></abstract></article-meta></front>
+<body><sec><title>Background</title><p>Patients were once told to rest.</p>
+<sec><title>Trials</title><p>Training improved <bold>strength</bold> in 3 trials.</p></sec></sec>
+<fig><caption><p>A figure caption.</p></caption></fig></body>
+<back><ref-list><ref><p>Smith J. A paper.</p></ref></ref-list></back></article>
+"""
+
+
+def test_jats_xml_sections_and_no_references(tmp_path: Path) -> None:
+    path = tmp_path / "article.xml"
+    path.write_text(JATS, encoding="utf-8")
+    doc = load_document(path)
+    assert doc.title == "Exercise in myositis"
+    assert [(b.section, b.text) for b in doc.blocks] == [
+        (("Abstract",), "Exercise is safe in myositis."),
+        (("Background",), "Patients were once told to rest."),
+        (("Background", "Trials"), "Training improved strength in 3 trials."),
+    ]
+
+
+def test_jats_entity_expansion_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "bomb.xml"
+    path.write_text(
+        '<?xml version="1.0"?><!DOCTYPE a [<!ENTITY x "xxxxxxxx"><!ENTITY y "&x;&x;&x;">]>'
+        "<article><body><p>&y;</p></body></article>",
+        encoding="utf-8",
+    )
+    with pytest.raises(MyoQAError, match="unreadable XML"):
+        load_document(path)
