@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from app.lexical import SynonymTable, stem, tokenize, words
+from app.lexical import SynonymTable, negations, stem, tokenize, words
 from app.retrieval import Hit, Query
 from indexer.chunking import SECTION_SEPARATOR
 from indexer.settings import AnswerSettings
@@ -111,7 +111,8 @@ def question_terms(
                     alternatives |= group
             known = [idf[t] for t in alternatives if t in idf]
             if known:
-                weight = max(max(known), 0.5)
+                # the question's own word decides how telling it is; synonyms only match
+                weight = max(idf.get(token, max(known)), 0.5)
             else:
                 raw = original.get(token, token)
                 # a name, acronym or number the literature never uses
@@ -125,6 +126,10 @@ def question_terms(
                 )
                 continue
             terms.append(Term(frozenset(alternatives), weight))
+    for negated in negations(question):
+        if negated not in seen:
+            seen.add(negated)
+            terms.append(Term(frozenset({negated}), max(idf.get(negated, rarest), 0.5)))
     return terms
 
 
@@ -336,12 +341,17 @@ def assess_support(
     evidence_numbers: set[str] = set()
     for candidate in picked:
         evidence_numbers |= {_plain_number(n) for n in numbers_in(candidate.text)}
-    missing = {_plain_number(n) for n in numbers_in(question)} - evidence_numbers
+    asked_numbers = {_plain_number(n) for n in numbers_in(question) if not _YEAR.fullmatch(n)}
+    missing = asked_numbers - evidence_numbers
     if missing:
         return Support(False, f"the evidence does not state {', '.join(sorted(missing))}")
     if _ASKS_FOR_RESULTS.search(question) and _NOT_YET.search(picked[0].text):
         return Support(False, "the sources say this is still under way", not_reported=picked[0])
     return Support(True)
+
+
+#: a year names a publication or guideline ("BSR 2022"), not a quantity the answer must state
+_YEAR = re.compile(r"(?:19|20)\d\d")
 
 
 def _plain_number(number: str) -> str:

@@ -38,6 +38,11 @@ STOPWORDS = frozenset(
         "by",
         "with",
         "without",
+        "say",
+        "says",
+        "said",
+        "often",
+        "long",
         "about",
         "as",
         "is",
@@ -198,7 +203,7 @@ def tokenize(text: str) -> list[str]:
     followed by a unit also gives the joined form (``2 g/kg`` -> ``2g/kg``).
     Stopwords are dropped; purely alphabetic tokens are stemmed.
     """
-    out: list[str] = []
+    out = negations(text)
     for token in _raw_tokens(text):
         out.append(stem(token))
         greek = _GREEK_SUFFIX.match(token)
@@ -207,6 +212,7 @@ def tokenize(text: str) -> list[str]:
     return out
 
 
+_NEGATED = re.compile(r"\b(?:without|no|not)\s+(?:(?:a|an|the|any|muscle)\s+)*([a-z][a-z-]+)")
 _FRACTION = re.compile(r"\d+(?:\.\d+)?/\d+(?:\.\d+)?")
 _GREEK_SUFFIX = re.compile(r"^([a-z]+\d+)(?:alpha|beta|gamma|delta|kappa)$")
 
@@ -249,6 +255,14 @@ def _raw_tokens(text: str) -> list[str]:
         ):
             tokens.append(bare + raw[position + 1])
     return tokens
+
+
+def negations(text: str) -> list[str]:
+    """Tokens for negated terms: "no muscle biopsy" and "without a biopsy" give ``no-biopsi``.
+
+    They keep "probable IIM without a biopsy" apart from the with-biopsy cut-offs.
+    """
+    return ["no-" + stem(word) for word in _NEGATED.findall(normalise(text))]
 
 
 def words(text: str) -> list[str]:

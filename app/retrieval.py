@@ -132,6 +132,10 @@ class HybridRetriever:
         dense_rank = {row: i for i, row in enumerate(dense, start=1)}
         bm25_rank = {row: i for i, row in enumerate(lexical, start=1)}
         ordered = sorted(fused, key=lambda row: (-fused[row], row))
+        # each retriever's very best is kept: a rare exact term (a trial's name) that only
+        # BM25 sees, or a paraphrase only the dense search sees, must not be fused away
+        reserved = [r[0] for r in (lexical, dense) if r][: self.settings.k]
+        ordered = list(dict.fromkeys([*ordered[: k - len(set(reserved))], *reserved, *ordered]))
         hits = [
             Hit(
                 row=row,

@@ -321,3 +321,12 @@ def test_llm_failure_is_a_user_error(fake_chain: QAChain) -> None:
     fake_chain.llm = Broken(responses=["unused"])
     with pytest.raises(MyoQAError, match=r"language model did not answer.*MYOQA_LLM__BASE_URL"):
         fake_chain.ask("ProDERM responders")
+
+
+def test_each_retrievers_best_passage_survives_fusion(fake_chain: QAChain) -> None:
+    retriever = fake_chain.retriever
+    query = retriever.prepare("Thromboembolic")
+    lexical, _ = retriever.bm25_ranking(query)
+    dense, _ = retriever.dense_ranking(query)
+    rows = [hit.row for hit in retriever.retrieve(query, k=2)]
+    assert lexical[0] in rows and dense[0] in rows
