@@ -106,10 +106,16 @@ def question_terms(
                 continue
             seen.add(token)
             alternatives = {token, *tokenize(word)[:2]} if token == tokenize(word)[0] else {token}
+            curated = False
             for group in synonyms.token_groups:
                 if token in group:
                     alternatives |= group
+                    curated = True
             known = [idf[t] for t in alternatives if t in idf]
+            if not known and curated:
+                # a curated abbreviation (SLR) whose spelled-out form the tokens cannot match
+                terms.append(Term(frozenset(alternatives), COMMON_UNKNOWN_WEIGHT))
+                continue
             if known:
                 # the question's own word decides how telling it is; synonyms only match
                 weight = max(idf.get(token, max(known)), 0.5)
