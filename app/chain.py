@@ -40,6 +40,18 @@ from indexer.text import sentence_spans
 log = logging.getLogger(__name__)
 
 
+def validate_question(question: object, limit: int) -> str:
+    """The question, stripped; an empty or over-long one is a user error."""
+    if not isinstance(question, str) or not question.strip():
+        raise MyoQAError("Please type a question.")
+    if len(question) > limit:
+        raise MyoQAError(
+            f"The question is {len(question)} characters long; the limit is {limit}. "
+            "Please shorten it."
+        )
+    return question.strip()
+
+
 class QAChain:
     """Answers questions from one loaded index. Build once; ``ask`` many times."""
 
@@ -87,15 +99,7 @@ class QAChain:
 
     def validate(self, question: str) -> str:
         """The question, stripped; an empty or over-long one is a user error."""
-        if not isinstance(question, str) or not question.strip():
-            raise MyoQAError("Please type a question.")
-        limit = self.settings.answer.max_question_chars
-        if len(question) > limit:
-            raise MyoQAError(
-                f"The question is {len(question)} characters long; the limit is {limit}. "
-                "Please shorten it."
-            )
-        return question.strip()
+        return validate_question(question, self.settings.answer.max_question_chars)
 
     def ask(self, question: str, history: Sequence[Message] | None = None) -> Answer:
         return self.runnable.invoke({"question": question, "history": list(history or [])})

@@ -11,6 +11,7 @@ from typing import Any
 import click
 
 from app.cli_common import settings_with, start, user_errors
+from app.cli_serve import feedback, serve
 from indexer.errors import MyoQAError
 from indexer.settings import load_settings
 
@@ -132,7 +133,7 @@ def ask(
     mode: str | None,
 ) -> None:
     """Answer QUESTION from the indexed literature, with citations."""
-    from app.chain import load_chain
+    from app.chain import load_chain, validate_question
 
     if batch is None and question is None:
         raise MyoQAError(
@@ -149,26 +150,17 @@ def ask(
                 out = {"error": str(exc)}
             click.echo(json.dumps({"id": row.get("id"), **out}, ensure_ascii=False))
         return
-    assert question is not None
-    chain = load_chain(settings)
-    # validate before loading anything heavy is done inside ask()
-    answer = chain.ask(question)
+    # a bad question is reported before the model and index take seconds to load
+    question = validate_question(question, settings.answer.max_question_chars)
+    answer = load_chain(settings).ask(question)
     if as_json:
         click.echo(json.dumps(answer.contract(), ensure_ascii=False, indent=2))
     else:
         click.echo(format_answer(answer))
 
 
-def _register_optional_commands() -> None:
-    try:
-        from app.cli_serve import feedback, serve
-    except ImportError:  # the chat surface is optional for indexing-only installs
-        return
-    main.add_command(serve)
-    main.add_command(feedback)
-
-
-_register_optional_commands()
+main.add_command(serve)
+main.add_command(feedback)
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
