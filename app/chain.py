@@ -316,17 +316,24 @@ def _tokens_of(candidates: Sequence[Candidate]) -> set[str]:
 
 
 def load_chain(
-    settings: Settings, model: EmbeddingModel | None = None, llm: Any | None = None
+    settings: Settings,
+    model: EmbeddingModel | None = None,
+    llm: Any | None = None,
+    index: LoadedIndex | None = None,
 ) -> QAChain:
-    """Load the embedding model and the index (refusing one built with other settings)."""
+    """Load the embedding model and the index (refusing one built with other settings).
+
+    ``model``, ``llm`` and ``index`` may be passed in when the caller already has them.
+    """
     if settings.embedding.query_threads:
         import torch
 
         torch.set_num_threads(settings.embedding.query_threads)
     model = model or load_embedding_model(settings.embedding)
-    index = load_index(
-        settings.paths.index_dir, expected_identity=settings.index_identity(model.dim)
-    )
+    if index is None:
+        index = load_index(
+            settings.paths.index_dir, expected_identity=settings.index_identity(model.dim)
+        )
     if llm is None and settings.answer.mode == "llm":
         from app.llm import build_chat_model
 

@@ -210,7 +210,7 @@ def bench(
     torch_threads: int | None,
 ) -> None:
     """Warm throughput and latency of the default chain on a question file."""
-    from app.chain import QAChain
+    from app.chain import load_chain
     from evals.bench import run_bench, write_bench
     from evals.questions_io import load_questions
 
@@ -218,12 +218,9 @@ def bench(
     questions = load_questions(questions_path)
     _set_torch_threads(torch_threads)
     model, index, load_seconds = _load(settings)
-    llm = None
-    if settings.answer.mode == "llm":
-        from app.llm import build_chat_model
-
-        llm = build_chat_model(settings.llm)
-    chain = QAChain(settings, index, model, llm=llm)
+    if torch_threads is not None:  # the flag wins over embedding.query_threads
+        settings.embedding.query_threads = torch_threads
+    chain = load_chain(settings, model=model, index=index)
     result = run_bench(
         chain,
         questions,
