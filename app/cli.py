@@ -51,12 +51,15 @@ def index(
     progress: bool,
 ) -> None:
     """Build or update the index from the corpus folder and its manifest."""
-    from indexer.build import build_index
+    from indexer.build import build_index, is_up_to_date
     from indexer.embeddings import load_embedding_model
 
     settings = settings_with(
         paths__corpus_dir=corpus_dir, paths__manifest=manifest, paths__index_dir=index_dir
     )
+    if not rebuild and is_up_to_date(settings):
+        click.echo(f"The index at {settings.paths.index_dir} is up to date.")
+        return
     model = load_embedding_model(settings.embedding)
     report = build_index(settings, model, rebuild=rebuild, strict=strict, progress=progress)
     for problem in report.skipped:

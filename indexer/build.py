@@ -17,7 +17,14 @@ from indexer.errors import MyoQAError
 from indexer.loaders import load_document
 from indexer.settings import Settings
 from indexer.sources import Problem, plan_sources
-from indexer.store import IndexManifest, LoadedIndex, SourceEntry, load_index, write_index
+from indexer.store import (
+    IndexManifest,
+    LoadedIndex,
+    SourceEntry,
+    load_index,
+    read_manifest,
+    write_index,
+)
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +54,27 @@ class BuildReport:
 
 def file_hash(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def is_up_to_date(settings: Settings) -> bool:
+    """True when the index already holds exactly what the corpus and settings say.
+
+    Checked without loading the embedding model, so a no-change ``index`` is instant.
+    A corpus with skipped files is always rebuilt normally, so its report is shown again.
+    """
+    try:
+        manifest = read_manifest(settings.paths.index_dir)
+        plan = plan_sources(settings.paths.corpus_dir, settings.paths.manifest)
+    except MyoQAError:
+        return False
+    dim = manifest.identity.get("embedding_dim")
+    if not isinstance(dim, int) or manifest.identity != settings.index_identity(dim):
+        return False
+    if plan.problems or manifest.skipped:
+        return False
+    current = {record.id: (record, file_hash(path)) for record, path in plan.sources}
+    indexed = {key: (entry.record, entry.content_hash) for key, entry in manifest.sources.items()}
+    return current == indexed
 
 
 def _previous_index(

@@ -377,3 +377,25 @@ def test_jats_entity_expansion_is_refused(tmp_path: Path) -> None:
     )
     with pytest.raises(MyoQAError, match="unreadable XML"):
         load_document(path)
+
+
+def test_up_to_date_check_needs_no_model(
+    tiny_settings: Settings, fake_model: EmbeddingModel
+) -> None:
+    from indexer.build import is_up_to_date
+
+    assert not is_up_to_date(tiny_settings)  # nothing built yet
+    build_index(tiny_settings, fake_model, progress=False)
+    assert is_up_to_date(tiny_settings)
+    other = tiny_settings.model_copy(
+        update={"chunking": tiny_settings.chunking.model_copy(update={"overlap_tokens": 10})}
+    )
+    assert not is_up_to_date(other)
+    manifest = tiny_settings.paths.manifest
+    manifest.write_text(
+        manifest.read_text().replace("Inclusion body myositis review", "IBM review")
+    )
+    assert not is_up_to_date(tiny_settings)  # a manifest edit changes what citations show
+    build_index(tiny_settings, fake_model, progress=False)
+    (tiny_settings.paths.corpus_dir / "ibm.md").write_text("# IBM\n\n## New\n\nNew text here.\n")
+    assert not is_up_to_date(tiny_settings)
