@@ -48,7 +48,7 @@ RELATIVE_CUTOFF = 0.8
 
 @dataclass
 class Candidate:
-    """A quotable unit: one sentence, or a sentence with the predecessor it leans on."""
+    """A quotable unit: one sentence, or two neighbouring sentences of one passage."""
 
     hit_position: int
     text: str
@@ -156,8 +156,9 @@ def candidates_from(
     """Score every quotable unit of every hit.
 
     Units are single sentences and pairs of neighbouring sentences (a topic
-    sentence and the one that completes it). A sentence that starts with a
-    dangling "This"/"They" only appears joined to its predecessor.
+    sentence and the one that completes it, kept only when the second adds
+    asked-for terms). A sentence that starts with a dangling "This"/"They" never
+    starts a unit; it can only follow the sentence it leans on.
     """
     assert query.vector is not None
     asked = set().union(*(t.alternatives for t in terms)) if terms else set()
@@ -168,7 +169,7 @@ def candidates_from(
         # the innermost heading is context every sentence below it shares
         heading = set(tokenize(hit.chunk.section.split(SECTION_SEPARATOR)[-1]))
         for start in range(len(texts)):
-            single_lexical = 1.0  # a unit that begins with a dangling sentence has no single
+            single_lexical = 1.0
             for length in (1, 2):
                 stop = start + length
                 if stop > len(texts) or _DANGLING.match(texts[start]):
