@@ -134,8 +134,8 @@ class HybridRetriever:
         ordered = sorted(fused, key=lambda row: (-fused[row], row))
         # each retriever's very best is kept: a rare exact term (a trial's name) that only
         # BM25 sees, or a paraphrase only the dense search sees, must not be fused away
-        reserved = [r[0] for r in (lexical, dense) if r][: self.settings.k]
-        ordered = list(dict.fromkeys([*ordered[: k - len(set(reserved))], *reserved, *ordered]))
+        reserved = list(dict.fromkeys(r[0] for r in (lexical, dense) if r))[:k]
+        ordered = list(dict.fromkeys([*ordered[: max(k - len(reserved), 0)], *reserved, *ordered]))
         hits = [
             Hit(
                 row=row,

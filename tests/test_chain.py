@@ -330,3 +330,11 @@ def test_each_retrievers_best_passage_survives_fusion(fake_chain: QAChain) -> No
     dense, _ = retriever.dense_ranking(query)
     rows = [hit.row for hit in retriever.retrieve(query, k=2)]
     assert lexical[0] in rows and dense[0] in rows
+
+
+def test_a_single_passage_request_gets_exactly_one(fake_chain: QAChain) -> None:
+    retriever = fake_chain.retriever
+    query = retriever.prepare("Thromboembolic events with IVIG")
+    hits = retriever.retrieve(query, k=1)
+    assert len(hits) == 1
+    assert hits[0].row == retriever.bm25_ranking(query)[0][0]
