@@ -42,6 +42,8 @@ DUPLICATE_SIMILARITY = 0.88
 DUPLICATE_OVERLAP = 0.6
 #: ... or above which they do when one's figures are all in the other
 RESTATED_SIMILARITY = 0.6
+#: a unit that names what the question negates, without the negation, scores this much less
+NEGATION_MISMATCH = 0.85
 #: how far below the best sentence another may score and still be included
 RELATIVE_CUTOFF = 0.8
 
@@ -162,6 +164,12 @@ def candidates_from(
     """
     assert query.vector is not None
     asked = set().union(*(t.alternatives for t in terms)) if terms else set()
+    negated = [
+        (token.removeprefix("no-"), token)
+        for t in terms
+        for token in t.alternatives
+        if token.startswith("no-")
+    ]
     out: list[Candidate] = []
     for position, (hit, vectors) in enumerate(zip(hits, sentence_vectors, strict=True)):
         texts = hit.chunk.sentence_texts()
@@ -190,6 +198,8 @@ def candidates_from(
                     * prior
                     * (1.0 if length == 1 else PAIR_FACTOR)
                 )
+                if any(t in tokens and n not in tokens for t, n in negated):
+                    score *= NEGATION_MISMATCH  # "with biopsy" answers "without a biopsy" badly
                 parts = tuple(texts[start:stop])
                 if length == 2 and lexical <= single_lexical + PAIR_MIN_GAIN:
                     continue  # the second sentence adds none of the asked-for terms

@@ -338,3 +338,22 @@ def test_a_single_passage_request_gets_exactly_one(fake_chain: QAChain) -> None:
     hits = retriever.retrieve(query, k=1)
     assert len(hits) == 1
     assert hits[0].row == retriever.bm25_ranking(query)[0][0]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("question", "expected"),
+    [
+        ("What score defines probable IIM in the 2017 EULAR/ACR criteria without a biopsy?", "5.5"),
+        (
+            "Which patients need enhanced cancer screening under the IMACS guideline?",
+            "moderate-risk",
+        ),
+        ("What were the main results of the ProDERM trial of IVIG?", "78.7%"),
+    ],
+)
+def test_the_chats_example_questions_are_answered(
+    real_chain: QAChain, question: str, expected: str
+) -> None:
+    answer = real_chain.ask(question)
+    assert not answer.abstained and expected in answer.answer
