@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 from langchain_core.runnables import Runnable, RunnableLambda
 
-from app.extractive import Candidate, ExtractiveAnswerer, assess_support, lexical_coverage
-from app.lexical import default_synonyms, tokenize
+from app.extractive import ExtractiveAnswerer, assess_support
+from app.lexical import default_synonyms
 from app.llm import build_messages, build_rewrite_messages, llm_failure
 from app.policy import (
     GENERAL_GUIDANCE_INTRO,
@@ -183,7 +183,7 @@ class QAChain:
             self.settings.answer.min_coverage,
         )
         meta["best_score"] = round(picked[0].score, 4) if picked else 0.0
-        meta["coverage"] = round(lexical_coverage(_tokens_of(picked[:2]), terms), 4)
+        meta["coverage"] = round(support.coverage, 4)
         meta["support"] = support.why or "supported"
 
         if state["patient_specific"]:
@@ -306,13 +306,6 @@ class QAChain:
             return condense(question, history, self.retriever.vocabulary)
         log.debug("Rewrote %r as %r", question, standalone)
         return standalone
-
-
-def _tokens_of(candidates: Sequence[Candidate]) -> set[str]:
-    tokens: set[str] = set()
-    for candidate in candidates:
-        tokens.update(tokenize(candidate.text))
-    return tokens
 
 
 def load_chain(

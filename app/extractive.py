@@ -98,16 +98,16 @@ def question_terms(
     terms: list[Term] = []
     seen: set[str] = set()
     for word in words(question):
-        forms = tokenize(word)
-        if len(forms) > 1 and not any(f in idf for f in forms[:2]):
-            forms = forms[2:]  # an unknown compound (male-to-female): its parts carry the meaning
-        elif len(forms) > 1:
-            forms = forms[:1]
+        all_forms = tokenize(word)
+        whole = set(all_forms[:2])  # the word itself and its hyphen-free spelling
+        # an unknown compound (male-to-female) is matched by its parts instead
+        unknown_compound = len(all_forms) > 1 and not whole & idf.keys()
+        forms = all_forms[2:] if unknown_compound else all_forms[:1]
         for token in forms:
             if token in seen:
                 continue
             seen.add(token)
-            alternatives = {token, *tokenize(word)[:2]} if token == tokenize(word)[0] else {token}
+            alternatives = {token, *whole} if token == all_forms[0] else {token}
             curated = False
             for group in synonyms.token_groups:
                 if token in group:
@@ -318,6 +318,8 @@ class Support:
 
     supported: bool
     why: str = ""
+    #: weighted share of the question's key terms the top two sentences mention
+    coverage: float = 0.0
     #: the unknown terms of the question, shown to the user
     unknown_terms: tuple[str, ...] = ()
     #: a sentence saying the asked-for result is not available yet (cited instead of an answer)
@@ -342,29 +344,30 @@ def assess_support(
     """
     if not picked:
         return Support(False, "no passage matched the question")
-    if picked[0].score < abstain_threshold:
-        return Support(False, f"best sentence score {picked[0].score:.3f} < {abstain_threshold}")
     covered: set[str] = set()
     for candidate in picked[:2]:
         covered.update(tokenize(candidate.text))
     coverage = lexical_coverage(covered, terms)
+    if picked[0].score < abstain_threshold:
+        why = f"best sentence score {picked[0].score:.3f} < {abstain_threshold}"
+        return Support(False, why, coverage)
     if coverage < min_coverage:
-        return Support(False, f"key-term coverage {coverage:.3f} < {min_coverage}")
+        return Support(False, f"key-term coverage {coverage:.3f} < {min_coverage}", coverage)
     unknown = tuple(dict.fromkeys(t.unknown for t in terms if t.unknown))
     if unknown:
-        return Support(
-            False, "the index never mentions " + ", ".join(unknown), unknown_terms=unknown
-        )
+        why = "the index never mentions " + ", ".join(unknown)
+        return Support(False, why, coverage, unknown_terms=unknown)
     evidence_numbers: set[str] = set()
     for candidate in picked:
         evidence_numbers |= {_plain_number(n) for n in numbers_in(candidate.text)}
     asked_numbers = {_plain_number(n) for n in numbers_in(question) if not _YEAR.fullmatch(n)}
     missing = asked_numbers - evidence_numbers
     if missing:
-        return Support(False, f"the evidence does not state {', '.join(sorted(missing))}")
+        return Support(False, f"the evidence does not state {', '.join(sorted(missing))}", coverage)
     if _ASKS_FOR_RESULTS.search(question) and _NOT_YET.search(picked[0].text):
-        return Support(False, "the sources say this is still under way", not_reported=picked[0])
-    return Support(True)
+        why = "the sources say this is still under way"
+        return Support(False, why, coverage, not_reported=picked[0])
+    return Support(True, coverage=coverage)
 
 
 #: a year names a publication or guideline ("BSR 2022"), not a quantity the answer must state

@@ -216,7 +216,6 @@ def bench(
 
     settings = settings_with(paths__index_dir=index_dir)
     questions = load_questions(questions_path)
-    _set_torch_threads(torch_threads)
     model, index, load_seconds = _load(settings)
     if torch_threads is not None:  # the flag wins over embedding.query_threads
         settings.embedding.query_threads = torch_threads
