@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from app.schema import QAService
+from app.qa.schema import QAService
 from evals.metrics import percentile
 from evals.questions_io import Question
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from app.cli_common import settings_with, start, user_errors
+from app.cli.common import settings_with, start, user_errors
 from indexer.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -210,7 +210,7 @@ def bench(
     torch_threads: int | None,
 ) -> None:
     """Warm throughput and latency of the default chain on a question file."""
-    from app.chain import load_chain
+    from app.qa.chain import load_chain
     from evals.bench import run_bench, write_bench
     from evals.questions_io import load_questions
 

@@ -317,7 +317,7 @@ def read_questions(path: Path | None) -> list[str]:
 @contextmanager
 def served_chain(rate_limit_per_minute: int | None = None) -> Iterator[tuple[str, Path]]:
     """Serve the real chain (current settings) on a free loopback port with a temp feedback DB."""
-    from app.server import background_server, build_server
+    from app.web.server import background_server, build_server
     from indexer.settings import load_settings
 
     with tempfile.TemporaryDirectory(prefix="myoqa-load-") as tmp:

@@ -13,8 +13,8 @@ import unicodedata
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from app.policy import GENERAL_GUIDANCE_INTRO, NOT_REPORTED_INTRO, PERSONAL_ADVICE, REFUSAL
-from app.verify import DraftSentence, cited_numbers, parse_cited_sentences, strip_citations
+from app.qa.policy import GENERAL_GUIDANCE_INTRO, NOT_REPORTED_INTRO, PERSONAL_ADVICE, REFUSAL
+from app.qa.verify import DraftSentence, cited_numbers, parse_cited_sentences, strip_citations
 from evals.judge import SupportJudge
 from indexer.text import numbers_in
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from app.schema import QAService
+from app.qa.schema import QAService
 from evals.judge import SimilarityJudge, SupportJudge
 from evals.questions_io import Question
 from evals.scoring import QuestionResult, error_result, score_answer, summarise
@@ -77,13 +77,13 @@ def build_chains(
     settings: Settings, names: Sequence[str], model: EmbeddingModel, index: LoadedIndex
 ) -> dict[str, QAService]:
     """One chain per configuration, sharing the model and the index."""
-    from app.chain import QAChain
+    from app.qa.chain import QAChain
 
     chains: dict[str, QAService] = {}
     for name in names:
         llm = None
         if name == LLM_CONFIG:
-            from app.llm import build_chat_model
+            from app.qa.llm import build_chat_model
 
             llm = build_chat_model(settings.llm)
         chains[name] = QAChain(config_settings(settings, name), index, model, llm=llm)

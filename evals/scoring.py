@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from app.schema import Answer
+from app.qa.schema import Answer
 from evals.judge import SupportJudge
 from evals.metrics import (
     SentenceVerdict,

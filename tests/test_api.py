@@ -13,10 +13,10 @@ import pytest
 from click.testing import CliRunner
 from fastapi.testclient import TestClient
 
-from app.api import ManagedService, RateLimiter, ServiceUnavailable, create_app, frame_ancestors
-from app.cli_serve import serve as serve_command
+from app.cli.serve import serve as serve_command
 from app.feedback import FeedbackStore
-from app.server import background_server, build_server
+from app.web.api import ManagedService, RateLimiter, ServiceUnavailable, create_app, frame_ancestors
+from app.web.server import background_server, build_server
 from indexer.errors import MyoQAError
 from indexer.settings import Settings
 from tests.fixtures.fake_chain import FakeChain, mda5_answer, two_source_answer
@@ -509,7 +509,7 @@ def test_serve_command_applies_flags_and_config(
     seen: list[Settings] = []
     monkeypatch.delenv("MYOQA_PATHS__INDEX_DIR")  # the environment would win over the file
     monkeypatch.setenv("MYOQA_CONFIG_FILE", "")  # --config sets it; undone after the test
-    monkeypatch.setattr("app.server.serve", lambda settings: seen.append(settings))
+    monkeypatch.setattr("app.web.server.serve", lambda settings: seen.append(settings))
     config = tmp_path / "course.json"
     config.write_text(
         json.dumps(

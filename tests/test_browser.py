@@ -19,7 +19,7 @@ from fastapi import FastAPI
 from fastapi.responses import HTMLResponse
 
 from app.feedback import FeedbackStore
-from app.server import background_server, build_server
+from app.web.server import background_server, build_server
 from tests.fixtures.fake_chain import (
     MDA5_SENTENCE,
     XSS_IMG,
@@ -312,7 +312,7 @@ def real_served(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[str]:
     """The real chain: the repo's index/ when built, else the bundled corpus indexed for the session."""
-    pytest.importorskip("app.chain")
+    pytest.importorskip("app.qa.chain")
     tmp = tmp_path_factory.mktemp("real")
     if (ROOT / "index" / "manifest.json").exists() and not os.environ.get("MYOQA_TEST_FRESH_INDEX"):
         index_dir = ROOT / "index"

@@ -11,13 +11,20 @@ from hypothesis import given
 from hypothesis import strategies as st
 from langchain_core.language_models.fake_chat_models import FakeListChatModel
 
-from app.chain import QAChain, load_chain
-from app.cli import main
-from app.lexical import default_synonyms, tokenize
-from app.policy import PERSONAL_ADVICE, REFUSAL
-from app.retrieval import reciprocal_rank_fusion
-from app.scope import condense, is_follow_up, is_patient_specific
-from app.verify import DraftSentence, cited_numbers, parse_cited_sentences, render, renumber, verify
+from app.cli.main import main
+from app.qa.chain import QAChain, load_chain
+from app.qa.lexical import default_synonyms, tokenize
+from app.qa.policy import PERSONAL_ADVICE, REFUSAL
+from app.qa.retrieval import reciprocal_rank_fusion
+from app.qa.scope import condense, is_follow_up, is_patient_specific
+from app.qa.verify import (
+    DraftSentence,
+    cited_numbers,
+    parse_cited_sentences,
+    render,
+    renumber,
+    verify,
+)
 from indexer.build import build_index
 from indexer.embeddings import EmbeddingModel
 from indexer.errors import MyoQAError
@@ -211,7 +218,7 @@ def test_stream_yields_text_then_the_final_answer(fake_chain: QAChain) -> None:
 def test_cli_rejects_empty_question_without_traceback(
     fake_chain: QAChain, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("app.chain.load_chain", lambda settings: fake_chain)
+    monkeypatch.setattr("app.qa.chain.load_chain", lambda settings: fake_chain)
     result = CliRunner().invoke(main, ["ask", "--json", "  "])
     assert result.exit_code != 0
     assert "Please type a question." in result.output and "Traceback" not in result.output
@@ -220,7 +227,7 @@ def test_cli_rejects_empty_question_without_traceback(
 def test_cli_missing_index_says_how_to_build(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fake_model: EmbeddingModel
 ) -> None:
-    monkeypatch.setattr("app.chain.load_embedding_model", lambda settings: fake_model)
+    monkeypatch.setattr("app.qa.chain.load_embedding_model", lambda settings: fake_model)
     result = CliRunner().invoke(
         main, ["ask", "--index-dir", str(tmp_path / "none"), "What is IBM?"]
     )
@@ -231,7 +238,7 @@ def test_cli_missing_index_says_how_to_build(
 def test_cli_batch_writes_one_json_answer_per_line(
     fake_chain: QAChain, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    monkeypatch.setattr("app.chain.load_chain", lambda settings: fake_chain)
+    monkeypatch.setattr("app.qa.chain.load_chain", lambda settings: fake_chain)
     batch = tmp_path / "q.jsonl"
     batch.write_text(
         json.dumps({"id": "a", "question": "ProDERM responders", "extra": 1})

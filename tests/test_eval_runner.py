@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from app.chain import QAChain
+from app.qa.chain import QAChain
 from evals.bench import run_bench, write_bench
 from evals.cli import main
 from evals.judge import SimilarityJudge

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from app.cli_serve import feedback as feedback_group
+from app.cli.serve import feedback as feedback_group
 from app.feedback import CSV_COLUMNS, FeedbackStore
 from indexer.errors import MyoQAError
 from tests.fixtures.fake_chain import mda5_citation

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from app.server import background_server, build_server
+from app.web.server import background_server, build_server
 from evals.loadtest import FALLBACK_QUESTIONS, LoadResult, check_loopback, read_questions, run_load
 from indexer.errors import MyoQAError
 from tests.fixtures.fake_chain import FakeChain
@@ -91,7 +91,7 @@ def test_read_questions(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def real_index(request: pytest.FixtureRequest) -> Path:
-    pytest.importorskip("app.chain")
+    pytest.importorskip("app.qa.chain")
     if (ROOT / "index" / "manifest.json").exists() and not os.environ.get("MYOQA_TEST_FRESH_INDEX"):
         return ROOT / "index"
     return Path(request.getfixturevalue("bundled_index").paths.index_dir)

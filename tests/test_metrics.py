@@ -8,9 +8,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from app.policy import GENERAL_GUIDANCE_INTRO, PERSONAL_ADVICE, REASON_PATIENT_SPECIFIC, REFUSAL
-from app.schema import Answer, Citation
-from app.verify import DraftSentence
+from app.qa.policy import GENERAL_GUIDANCE_INTRO, PERSONAL_ADVICE, REASON_PATIENT_SPECIFIC, REFUSAL
+from app.qa.schema import Answer, Citation
+from app.qa.verify import DraftSentence
 from evals.gate import GATE, gate_failures
 from evals.judge import SimilarityJudge, Support, content_words, lexical_support
 from evals.metrics import (

@@ -12,11 +12,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from app.api import RateLimiter
 from app.feedback import FeedbackStore
-from app.policy import REFUSAL
-from app.schema import Answer, Citation
-from app.ui import (
+from app.qa.policy import REFUSAL
+from app.qa.schema import Answer, Citation
+from app.web.api import RateLimiter
+from app.web.ui import (
     ChatHandlers,
     build_app,
     doi_url,

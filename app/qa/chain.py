@@ -14,10 +14,10 @@ from typing import Any
 import numpy as np
 from langchain_core.runnables import Runnable, RunnableLambda
 
-from app.extractive import ExtractiveAnswerer, assess_support
-from app.lexical import default_synonyms
-from app.llm import build_messages, build_rewrite_messages, llm_failure
-from app.policy import (
+from app.qa.extractive import ExtractiveAnswerer, assess_support
+from app.qa.lexical import default_synonyms
+from app.qa.llm import build_messages, build_rewrite_messages, llm_failure
+from app.qa.policy import (
     GENERAL_GUIDANCE_INTRO,
     NOT_REPORTED_INTRO,
     PERSONAL_ADVICE,
@@ -27,10 +27,10 @@ from app.policy import (
     REASON_UNVERIFIED,
     REFUSAL,
 )
-from app.retrieval import Hit, HybridRetriever, Query
-from app.schema import Answer, Citation, Message
-from app.scope import condense, is_follow_up, is_patient_specific
-from app.verify import DraftSentence, parse_cited_sentences, render, renumber, verify
+from app.qa.retrieval import Hit, HybridRetriever, Query
+from app.qa.schema import Answer, Citation, Message
+from app.qa.scope import condense, is_follow_up, is_patient_specific
+from app.qa.verify import DraftSentence, parse_cited_sentences, render, renumber, verify
 from indexer.embeddings import EmbeddingModel, load_embedding_model
 from indexer.errors import MyoQAError
 from indexer.settings import Settings
@@ -328,7 +328,7 @@ def load_chain(
             settings.paths.index_dir, expected_identity=settings.index_identity(model.dim)
         )
     if llm is None and settings.answer.mode == "llm":
-        from app.llm import build_chat_model
+        from app.qa.llm import build_chat_model
 
         llm = build_chat_model(settings.llm)
     chain = QAChain(settings, index, model, llm=llm)

@@ -33,8 +33,8 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.feedback import MAX_COMMENT_CHARS, FeedbackStore
-from app.schema import Answer, QAService
-from app.schema import Message as ChatMessage
+from app.qa.schema import Answer, QAService
+from app.qa.schema import Message as ChatMessage
 from indexer.errors import MyoQAError
 from indexer.settings import Settings
 
@@ -471,7 +471,7 @@ def create_app(
     if ui:
         import gradio as gr
 
-        from app.ui import build_app, gradio_js_path, mount_kwargs
+        from app.web.ui import build_app, gradio_js_path, mount_kwargs
 
         loader = gradio_js_path()
 

@@ -1,4 +1,4 @@
-"""``myositis-qa serve`` and ``myositis-qa feedback export`` (registered in ``app.cli``)."""
+"""``myositis-qa serve`` and ``myositis-qa feedback export`` (registered in ``app.cli.main``)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from app.cli_common import settings_with, user_errors
+from app.cli.common import settings_with, user_errors
 from indexer.settings import Settings
 
 
@@ -42,7 +42,7 @@ def serve(
     config: Path | None,
 ) -> None:
     """Serve the chat, the JSON API (/api/ask) and /healthz."""
-    from app.server import serve as run
+    from app.web.server import serve as run
 
     settings = _settings(
         config,

@@ -10,7 +10,7 @@ from typing import Protocol
 import numpy as np
 from rank_bm25 import BM25Okapi
 
-from app.lexical import SynonymTable, default_synonyms, tokenize
+from app.qa.lexical import SynonymTable, default_synonyms, tokenize
 from indexer.chunking import Chunk
 from indexer.embeddings import EmbeddingModel
 from indexer.settings import RetrievalSettings

@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 from collections.abc import Collection, Sequence
 
-from app.lexical import content_terms, stem
-from app.schema import Message
+from app.qa.lexical import content_terms, stem
+from app.qa.schema import Message
 
 _PERSONAL = re.compile(
     r"""

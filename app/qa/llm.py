@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from app.policy import REFUSAL
-from app.schema import Message
+from app.qa.policy import REFUSAL
+from app.qa.schema import Message
 from indexer.chunking import Chunk
 from indexer.errors import MyoQAError
 from indexer.settings import LLMSettings

@@ -310,6 +310,6 @@ def _token_groups(groups: tuple[tuple[str, ...], ...]) -> tuple[frozenset[str], 
 @cache
 def default_synonyms() -> SynonymTable:
     """The bundled abbreviation/synonym table (``app/data/synonyms.json``)."""
-    data = json.loads(resources.files("app").joinpath("data/synonyms.json").read_text("utf-8"))
+    data = json.loads(resources.files("app.qa").joinpath("data/synonyms.json").read_text("utf-8"))
     groups = tuple(tuple(normalise(t) for t in group) for group in data["groups"])
     return SynonymTable(groups)

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from app.lexical import SynonymTable, negations, stem, tokenize, words
-from app.retrieval import Hit, Query
+from app.qa.lexical import SynonymTable, negations, stem, tokenize, words
+from app.qa.retrieval import Hit, Query
 from indexer.chunking import SECTION_SEPARATOR
 from indexer.settings import AnswerSettings
 from indexer.text import numbers_in

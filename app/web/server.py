@@ -12,9 +12,9 @@ from contextlib import contextmanager
 import uvicorn
 from fastapi import FastAPI
 
-from app.api import ManagedService, create_app
 from app.feedback import FeedbackStore
-from app.schema import QAService
+from app.qa.schema import QAService
+from app.web.api import ManagedService, create_app
 from indexer.errors import MyoQAError
 from indexer.settings import Settings
 
@@ -29,7 +29,7 @@ def build_server(
     Args:
         settings: Application settings.
         service: A ready service (tests, the load test); default is
-            ``app.chain.load_chain(settings)``, built on first use.
+            ``app.qa.chain.load_chain(settings)``, built on first use.
 
     Returns:
         The app and its managed service (call ``start_loading()`` to warm it up).
@@ -39,7 +39,7 @@ def build_server(
     if service is None:
 
         def loader() -> QAService:
-            from app.chain import load_chain
+            from app.qa.chain import load_chain
 
             return load_chain(settings)
 

@@ -1,6 +1,6 @@
 """The Gradio chat for trainees: streamed answers, clickable citations, sources, feedback.
 
-``build_app()`` returns the Blocks and never launches; ``app.api.create_app`` mounts
+``build_app()`` returns the Blocks and never launches; ``app.web.api.create_app`` mounts
 it in the FastAPI host and ``myositis-qa serve`` runs that. The handlers live on
 ``ChatHandlers`` so tests can call them directly with a fake chain.
 
@@ -23,7 +23,7 @@ from urllib.parse import quote, urlparse
 import gradio as gr
 
 from app.feedback import MAX_COMMENT_CHARS, FeedbackStore
-from app.schema import Answer, Citation, Message, QAService
+from app.qa.schema import Answer, Citation, Message, QAService
 from indexer.errors import MyoQAError
 from indexer.settings import Settings
 
@@ -487,7 +487,7 @@ def build_app(
     *,
     rate_limiter: RateLimit | None = None,
 ) -> gr.Blocks:
-    """The chat as Gradio Blocks (not launched; see ``app.api.create_app``).
+    """The chat as Gradio Blocks (not launched; see ``app.web.api.create_app``).
 
     Args:
         service: The chain answering questions.
