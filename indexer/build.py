@@ -21,8 +21,10 @@ from indexer.store import (
     IndexManifest,
     LoadedIndex,
     SourceEntry,
+    index_exists,
     load_index,
-    read_manifest,
+    recover,
+    verify_files,
     write_index,
 )
 
@@ -56,32 +58,47 @@ def file_hash(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def is_up_to_date(settings: Settings) -> bool:
-    """True when the index already holds exactly what the corpus and settings say.
+def up_to_date_manifest(settings: Settings) -> IndexManifest | None:
+    """The index's manifest when it already holds exactly what the corpus and settings say.
 
-    Checked without loading the embedding model, so a no-change ``index`` is instant.
-    A corpus with skipped files is always rebuilt normally, so its report is shown again.
+    Checked without loading the embedding model, so a no-change ``index`` is instant:
+    the identity, every source's record and content hash, the files that were skipped
+    (unchanged files that still fail are not retried) and the index files' checksums.
     """
     try:
-        manifest = read_manifest(settings.paths.index_dir)
+        manifest = verify_files(settings.paths.index_dir)
         plan = plan_sources(settings.paths.corpus_dir, settings.paths.manifest)
     except MyoQAError:
-        return False
+        return None
     dim = manifest.identity.get("embedding_dim")
     if not isinstance(dim, int) or manifest.identity != settings.index_identity(dim):
-        return False
-    if plan.problems or manifest.skipped:
-        return False
-    current = {record.id: (record, file_hash(path)) for record, path in plan.sources}
-    indexed = {key: (entry.record, entry.content_hash) for key, entry in manifest.sources.items()}
-    return current == indexed
+        return None
+    skipped = {p.name: p.reason for p in plan.problems}
+    indexed: set[str] = set()
+    for record, path in plan.sources:
+        digest = file_hash(path)
+        entry = manifest.sources.get(record.id)
+        if entry is not None and (entry.record, entry.content_hash) == (record, digest):
+            indexed.add(record.id)
+        elif manifest.skipped_hashes.get(record.file) == digest:
+            skipped[record.file] = manifest.skipped[record.file]
+        else:
+            return None
+    if indexed != set(manifest.sources) or skipped != manifest.skipped:
+        return None
+    return manifest
+
+
+def is_up_to_date(settings: Settings) -> bool:
+    """True when ``index`` would change nothing (see ``up_to_date_manifest``)."""
+    return up_to_date_manifest(settings) is not None
 
 
 def _previous_index(
     settings: Settings, identity: dict[str, object], rebuild: bool
 ) -> LoadedIndex | None:
     index_dir = settings.paths.index_dir
-    if rebuild or not (index_dir / "manifest.json").exists():
+    if rebuild or not index_exists(index_dir):
         return None
     try:
         return load_index(index_dir, expected_identity=identity)
@@ -107,6 +124,7 @@ def build_index(
             file was skipped; the existing index is then left untouched.
     """
     started = time.perf_counter()
+    recover(settings.paths.index_dir)  # what an interrupted build left behind
     if settings.chunking.max_tokens + 2 > model.max_seq_length:
         raise MyoQAError(
             f"chunking.max_tokens={settings.chunking.max_tokens} does not fit the embedding model's "
@@ -134,6 +152,7 @@ def build_index(
             previous_chunks.setdefault(chunk.source_id, []).append(chunk)
 
     entries: dict[str, SourceEntry] = {}
+    skipped_hashes: dict[str, str] = {}
     chunks: list[Chunk] = []
     for record, path in plan.sources:
         digest = file_hash(path)
@@ -155,12 +174,14 @@ def build_index(
             )
         except MyoQAError as exc:
             report.skipped.append(Problem(record.file, str(exc)))
+            skipped_hashes[record.file] = digest
             continue
         for warning in document.warnings:
             report.warnings.append(f"{record.file}: {warning}")
-            log.warning("%s: %s", record.file, warning)
+            log.debug("%s: %s", record.file, warning)  # the report carries it; the CLI prints it
         if not source_chunks:
             report.skipped.append(Problem(record.file, "no text to index"))
+            skipped_hashes[record.file] = digest
             continue
         entries[record.id] = SourceEntry(
             record=record,
@@ -173,7 +194,7 @@ def build_index(
         report.pages += document.pages
 
     for problem in report.skipped:
-        log.warning("Skipped %s", problem)
+        log.debug("Skipped %s", problem)  # the report carries it; the CLI prints it once
     if not chunks:
         raise MyoQAError(
             "Nothing could be indexed: "
@@ -209,6 +230,7 @@ def build_index(
         identity=identity,
         sources=entries,
         skipped={p.name: p.reason for p in report.skipped},
+        skipped_hashes=skipped_hashes,
         n_chunks=len(chunks),
         built_at=datetime.now(UTC).isoformat(timespec="seconds"),
         build_seconds=round(report.seconds, 3),

@@ -50,13 +50,20 @@ def index(
     progress: bool,
 ) -> None:
     """Build or update the index from the corpus folder and its manifest."""
-    from indexer.build import build_index, is_up_to_date
+    from indexer.build import build_index, up_to_date_manifest
     from indexer.embeddings import load_embedding_model
 
     settings = settings_with(
         paths__corpus_dir=corpus_dir, paths__manifest=manifest, paths__index_dir=index_dir
     )
-    if not rebuild and is_up_to_date(settings):
+    current = None if rebuild else up_to_date_manifest(settings)
+    if current is not None:  # nothing changed: no model to load, each skipped file once
+        for name, reason in current.skipped.items():
+            click.echo(f"skipped {name}: {reason}", err=True)
+        if strict and current.skipped:
+            raise click.ClickException(
+                f"--strict: {len(current.skipped)} file(s) could not be indexed."
+            )
         click.echo(f"The index at {settings.paths.index_dir} is up to date.")
         return
     model = load_embedding_model(settings.embedding)
