@@ -3,7 +3,11 @@
 Every thumbs up/down (with an optional comment) becomes one new row holding the
 question, the answer text, its citations (JSON), the rating, the comment, the time
 and the app version. Rows are never updated or deleted: triggers in the database
-refuse both, so a later vote adds a row rather than replacing an earlier one.
+refuse ``UPDATE``, ``DELETE`` and any insert that would land on an existing id
+(``INSERT OR REPLACE``, ``REPLACE INTO``, upserts), so a later vote adds a row rather
+than replacing an earlier one. The triggers guard against mistakes and against
+clients of the SQL interface, not against someone who can write the file itself
+(they can drop the triggers); the README says what is and is not guaranteed.
 
 Concurrency: the database runs in WAL mode with a busy timeout, every insert is its
 own short ``BEGIN IMMEDIATE`` transaction on a fresh connection, and writers in one
@@ -20,6 +24,7 @@ import os
 import sqlite3
 import tempfile
 import threading
+import unicodedata
 from collections.abc import Iterator, Sequence
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
@@ -53,7 +58,12 @@ CSV_COLUMNS = (
     "mode",
     "channel",
 )
-_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+#: Characters that make a spreadsheet read a cell as a formula (after NFKC, so the
+#: full-width ``＝ ＋ － ＠`` count too), and the ones that may hide in front of them.
+_FORMULA_START = frozenset("=+-@")
+_CONTROL_START = ("\t", "\r", "\n")
+#: Permissions of an exported CSV: it holds trainees' questions and comments.
+EXPORT_MODE = 0o600
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS feedback (
@@ -72,6 +82,15 @@ CREATE TRIGGER IF NOT EXISTS feedback_no_update BEFORE UPDATE ON feedback
 BEGIN SELECT RAISE(ABORT, 'feedback is insert-only'); END;
 CREATE TRIGGER IF NOT EXISTS feedback_no_delete BEFORE DELETE ON feedback
 BEGIN SELECT RAISE(ABORT, 'feedback is insert-only'); END;
+-- INSERT OR REPLACE / REPLACE INTO delete the old row without firing the delete
+-- trigger: refuse any insert whose id is taken. (An id left to SQLite reads as -1
+-- here, so no row may ever have an id below 1; the second trigger sees to that.)
+CREATE TRIGGER IF NOT EXISTS feedback_no_replace BEFORE INSERT ON feedback
+WHEN EXISTS (SELECT 1 FROM feedback WHERE id = NEW.id)
+BEGIN SELECT RAISE(ABORT, 'feedback is insert-only: that id is taken'); END;
+CREATE TRIGGER IF NOT EXISTS feedback_positive_id AFTER INSERT ON feedback
+WHEN NEW.id < 1
+BEGIN SELECT RAISE(ABORT, 'feedback ids are chosen by the database'); END;
 """
 
 
@@ -249,7 +268,9 @@ class FeedbackStore:
         """Write every vote to a CSV file and return the number of rows written.
 
         Cells that a spreadsheet would run as a formula (starting with ``=``, ``+``,
-        ``-``, ``@``) get a leading apostrophe, since comments come from anyone.
+        ``-``, ``@`` or their full-width forms, also after spaces, tabs or invisible
+        characters) get a leading apostrophe, since comments come from anyone. The
+        file is readable by its owner only (``EXPORT_MODE``), with or without ``force``.
 
         Args:
             path: The CSV file to write.
@@ -271,9 +292,10 @@ class FeedbackStore:
             )
         rows = self.rows()
         target.parent.mkdir(parents=True, exist_ok=True)
-        if force:
+        if force:  # a temp file (created 0600) renamed over the target: never half-written
             fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
             try:
+                os.fchmod(fd, EXPORT_MODE)
                 with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
                     _write_csv(handle, rows)
                 os.replace(tmp_name, target)
@@ -282,11 +304,13 @@ class FeedbackStore:
                     os.unlink(tmp_name)
                 raise
         else:
-            try:  # "x": fails if the file appeared since the check above; never clobber
-                with target.open("x", encoding="utf-8", newline="") as handle:
-                    _write_csv(handle, rows)
+            try:  # O_EXCL: fails if the file appeared since the check above; never clobber
+                fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, EXPORT_MODE)
             except FileExistsError as exc:
                 raise MyoQAError(f"{target} already exists; use --force to replace it.") from exc
+            os.fchmod(fd, EXPORT_MODE)  # whatever the umask
+            with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
+                _write_csv(handle, rows)
         log.info("Exported %d feedback rows to %s", len(rows), target)
         return len(rows)
 
@@ -321,6 +345,16 @@ def _csv_values(row: FeedbackRow) -> list[Any]:
 
 def _cell(value: Any) -> Any:
     """Neutralise spreadsheet formulas in text cells (CSV injection)."""
-    if isinstance(value, str) and value.startswith(_FORMULA_START):
+    if isinstance(value, str) and _looks_like_formula(value):
         return "'" + value
     return value
+
+
+def _looks_like_formula(text: str) -> bool:
+    if text.startswith(_CONTROL_START):
+        return True
+    for char in text:
+        if char.isspace() or unicodedata.category(char) in ("Cf", "Zs", "Cc"):
+            continue  # spreadsheets skip leading blanks and invisible marks
+        return unicodedata.normalize("NFKC", char)[:1] in _FORMULA_START
+    return False
