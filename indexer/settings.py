@@ -185,6 +185,12 @@ class ServerSettings(_Section):
     max_request_bytes: int = Field(
         default=65536, ge=1024, description="Largest accepted API request body, in bytes."
     )
+    reload_interval_s: float = Field(
+        default=2.0,
+        ge=0,
+        description="Seconds between the server's checks for a rebuilt index, which it loads "
+        "beside the old one and then switches to; 0 never checks (restart to see a new index).",
+    )
 
     @field_validator("allowed_origins", "frame_ancestors")
     @classmethod

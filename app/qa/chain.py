@@ -93,6 +93,7 @@ class QAChain:
             "mode": mode,
             "n_chunks": len(self.index.chunks),
             "n_sources": len(self.index.manifest.sources),
+            "index_built_at": self.index.manifest.built_at,
             "embedding_model": self.index.manifest.identity["embedding_model"],
             "retrieval": self.settings.retrieval.mode,
         }

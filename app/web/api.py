@@ -134,6 +134,20 @@ class ManagedService:
             raise ServiceUnavailable(f"The answer service is not available: {self._error}")
         return self._service
 
+    def current(self) -> QAService | None:
+        """The service answering now (None while loading or after a failed load)."""
+        return self._service if self._loaded.is_set() else None
+
+    def replace(self, service: QAService) -> None:
+        """Answer from ``service`` from now on (a reloaded index); a failed load is forgotten.
+
+        Requests already running finish on the service they started with.
+        """
+        with self._load_lock:
+            self._service = service
+            self._error = None
+            self._loaded.set()
+
     def status(self) -> dict[str, Any]:
         """For /healthz: never blocks."""
         service = self._service if self._loaded.is_set() else None
@@ -148,6 +162,7 @@ class ManagedService:
             "index_loaded": isinstance(n_chunks, int) and n_chunks > 0,
             "model_loaded": service is not None,
             "n_chunks": n_chunks if isinstance(n_chunks, int) else 0,
+            "index_built_at": info.get("index_built_at"),
             "mode": info.get("mode"),
             "loading": not self._loaded.is_set(),
             "error": self._error,
