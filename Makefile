@@ -23,7 +23,7 @@ index: $(STAMP)
 	$(BIN)/myositis-qa index --no-progress
 
 run: $(STAMP)
-	@test -f index/manifest.json || $(BIN)/myositis-qa index
+	@test -f index/current/manifest.json || $(BIN)/myositis-qa index
 	$(BIN)/myositis-qa serve
 
 browser-deps: $(STAMP)

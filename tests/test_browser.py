@@ -20,6 +20,7 @@ from fastapi.responses import HTMLResponse
 
 from app.feedback import FeedbackStore
 from app.web.server import background_server, build_server
+from indexer.store import index_exists
 from tests.fixtures.fake_chain import (
     MDA5_SENTENCE,
     XSS_IMG,
@@ -314,7 +315,7 @@ def real_served(
     """The real chain: the repo's index/ when built, else the bundled corpus indexed for the session."""
     pytest.importorskip("app.qa.chain")
     tmp = tmp_path_factory.mktemp("real")
-    if (ROOT / "index" / "manifest.json").exists() and not os.environ.get("MYOQA_TEST_FRESH_INDEX"):
+    if index_exists(ROOT / "index") and not os.environ.get("MYOQA_TEST_FRESH_INDEX"):
         index_dir = ROOT / "index"
     else:
         index_dir = request.getfixturevalue("bundled_index").paths.index_dir

@@ -17,6 +17,7 @@ import pytest
 from app.web.server import background_server, build_server
 from evals.loadtest import FALLBACK_QUESTIONS, LoadResult, check_loopback, read_questions, run_load
 from indexer.errors import MyoQAError
+from indexer.store import index_exists
 from tests.fixtures.fake_chain import FakeChain
 from tests.fixtures.live import ARTIFACTS, chat_settings
 
@@ -92,7 +93,7 @@ def test_read_questions(tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def real_index(request: pytest.FixtureRequest) -> Path:
     pytest.importorskip("app.qa.chain")
-    if (ROOT / "index" / "manifest.json").exists() and not os.environ.get("MYOQA_TEST_FRESH_INDEX"):
+    if index_exists(ROOT / "index") and not os.environ.get("MYOQA_TEST_FRESH_INDEX"):
         return ROOT / "index"
     return Path(request.getfixturevalue("bundled_index").paths.index_dir)
 
