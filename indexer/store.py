@@ -148,6 +148,8 @@ def current_version(index_dir: Path) -> Path | None:
     if link.is_symlink():
         target = Path(os.readlink(link))
         return target if target.is_absolute() else index_dir / target
+    if link.is_dir():  # the folder was copied without keeping symlinks (cp -r)
+        return link
     if (index_dir / MANIFEST_FILE).is_file():
         return index_dir
     return None
@@ -294,6 +296,9 @@ def write_index(
                 _checkpoint("renamed the version folder")
                 os.symlink(version.name, link)
                 _checkpoint("made the new link")
+                current = index_dir / CURRENT_LINK
+                if current.is_dir() and not current.is_symlink():  # a copy made by cp -r
+                    current.rename(index_dir / f"{VERSION_PREFIX}{stamp}-copied")
                 os.replace(link, index_dir / CURRENT_LINK)  # the one atomic step
                 _fsync_dir(index_dir)
                 _checkpoint("swapped current")

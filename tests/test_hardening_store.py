@@ -588,3 +588,19 @@ def test_export_permissions_are_the_same_with_and_without_force(tmp_path: Path) 
     finally:
         os.umask(old_umask)
     assert mode_plain == mode_forced == EXPORT_MODE
+
+
+def test_an_index_folder_copied_without_symlinks_still_loads_and_rebuilds(
+    tiny_settings: Settings, fake_model: EmbeddingModel, tmp_path: Path
+) -> None:
+    build_index(tiny_settings, fake_model, progress=False)
+    copy = tmp_path / "copied-index"
+    shutil.copytree(tiny_settings.paths.index_dir, copy, symlinks=False)  # like cp -r
+    assert (copy / CURRENT_LINK).is_dir() and not (copy / CURRENT_LINK).is_symlink()
+    assert load_index(copy).manifest.n_chunks > 0
+    settings = make_settings(tiny_settings.paths.corpus_dir, copy, embedding={"model": "fake-32"})
+    (settings.paths.corpus_dir / "ibm.md").write_text(NEW_IBM, encoding="utf-8")
+    build_index(settings, fake_model, progress=False)
+    assert (copy / CURRENT_LINK).is_symlink()
+    assert any("spares the facial muscles" in t for t in texts(copy))
+    assert index_entries(copy) == [LOCK_FILE, CURRENT_LINK, "v-*"]
