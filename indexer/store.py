@@ -338,7 +338,7 @@ def leftovers(index_dir: Path) -> list[Path]:
     return sorted(found)
 
 
-def _tidy(index_dir: Path) -> None:
+def _tidy(index_dir: Path, level: int = logging.DEBUG) -> None:
     for path in leftovers(index_dir):
         try:
             if path.is_dir() and not path.is_symlink():
@@ -348,7 +348,7 @@ def _tidy(index_dir: Path) -> None:
         except OSError as exc:
             log.warning("Could not remove %s left by an earlier build: %s", path, exc)
         else:
-            log.info("Removed %s, left by an interrupted or earlier build", path.name)
+            log.log(level, "Removed %s, left by an interrupted or earlier build", path.name)
 
 
 def recover(index_dir: Path) -> None:
@@ -362,7 +362,7 @@ def recover(index_dir: Path) -> None:
     try:
         with index_lock(index_dir, blocking=False) as locked:
             if locked:
-                _tidy(index_dir)
+                _tidy(index_dir, logging.INFO)
     except OSError as exc:
         log.debug("Not tidying %s: %s", index_dir, exc)
 
