@@ -31,7 +31,7 @@ import secrets
 import shutil
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -304,8 +304,8 @@ def write_index(
                 _checkpoint("swapped current")
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)
-                if link.is_symlink():
-                    link.unlink()
+                with suppress(OSError):  # keep the original error
+                    link.unlink(missing_ok=True)
                 if version.exists() and current_version(index_dir) != version:
                     shutil.rmtree(version, ignore_errors=True)
                 raise
