@@ -55,6 +55,15 @@ CSV_COLUMNS = (
 )
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
+
+
+class FeedbackWriteError(MyoQAError):
+    """A vote could not be written (disk full, read-only file, locked or broken database).
+
+    Not the voter's fault: the web layer answers 503 and says the vote was not stored.
+    """
+
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS feedback (
     id          INTEGER PRIMARY KEY AUTOINCREMENT,
