@@ -139,7 +139,7 @@ def test_the_chat_queue_is_bounded_per_client(tmp_path: Path) -> None:
 
         def join(ip: str) -> httpx.Response:
             return http.post(
-                "/gradio_api/call/ask", json={"data": ["q"]}, headers={"X-Forwarded-For": ip}
+                "/gradio_api/call/ask", json={"data": ["q", []]}, headers={"X-Forwarded-For": ip}
             )
 
         first, second, third = join("10.0.0.1"), join("10.0.0.1"), join("10.0.0.1")
