@@ -181,7 +181,10 @@ class ServerSettings(_Section):
         "the chat's own origin); unset uses allowed_origins.",
     )
     rate_limit_per_minute: int = Field(
-        default=30, ge=1, description="API requests per client per minute before 429."
+        default=30,
+        ge=1,
+        description="Questions per client per minute (JSON API and gradio_client /ask) before "
+        "429; votes to /api/feedback count in a separate bucket of the same size.",
     )
     forwarded_allow_ips: _EnvList = Field(
         default_factory=lambda: ["127.0.0.1"],
