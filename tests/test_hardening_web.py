@@ -25,7 +25,13 @@ from fastapi.testclient import TestClient
 
 from app.cli.main import main
 from app.feedback import FeedbackStore, FeedbackWriteError
-from app.web.api import MAX_HISTORY_CHARS, MAX_HISTORY_MESSAGES, ManagedService, create_app
+from app.web.api import (
+    MAX_HISTORY_CHARS,
+    MAX_HISTORY_MESSAGES,
+    ManagedService,
+    create_app,
+    redact_paths,
+)
 from app.web.server import background_server, build_server
 from app.web.ui import ChatHandlers
 from indexer.errors import MyoQAError
@@ -366,6 +372,20 @@ def test_healthz_and_503_bodies_hide_server_paths(
         assert "No index found at" in body and "index" in body
         assert "myositis-qa index" in body
     assert any(str(missing) in r.getMessage() for r in caplog.records)  # the log keeps it
+
+
+def test_redact_paths_keeps_routes_urls_and_relative_paths(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    message = (
+        f"No index at {tmp_path / 'index'}. Rebuilt from {ROOT / 'corpus' / 'manifest.csv'}: "
+        "see https://example.org/docs/x, POST /api/ask, corpus/manifest.csv."
+    )
+    assert redact_paths(message) == (
+        "No index at index. Rebuilt from …/manifest.csv: "
+        "see https://example.org/docs/x, POST /api/ask, corpus/manifest.csv."
+    )
 
 
 def test_security_headers_on_the_chat_and_the_api(api: TestClient) -> None:
