@@ -65,6 +65,14 @@ _CONTROL_START = ("\t", "\r", "\n")
 #: Permissions of an exported CSV: it holds trainees' questions and comments.
 EXPORT_MODE = 0o600
 
+
+class FeedbackWriteError(MyoQAError):
+    """A vote could not be written (disk full, read-only file, locked or broken database).
+
+    Not the voter's fault: the web layer answers 503 and says the vote was not stored.
+    """
+
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS feedback (
     id          INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -135,6 +143,8 @@ class FeedbackStore:
         self.version = version or app_version()
         self._lock = threading.Lock()
         self._ready = False
+        #: Why the latest write failed (no server path in it), None once a write succeeds.
+        self.write_error: str | None = None
 
     # --- connection ---------------------------------------------------------------
 
@@ -197,6 +207,8 @@ class FeedbackStore:
 
         Raises:
             MyoQAError: For an unknown rating or an over-long comment.
+            FeedbackWriteError: When the database cannot be written (disk full,
+                read-only or broken file); logged with the path and the cause.
         """
         if rating not in RATINGS:
             raise MyoQAError(f"Rating must be 'up' or 'down', not {rating!r}.")
@@ -216,19 +228,31 @@ class FeedbackStore:
             mode,
             channel,
         )
-        self._ensure_schema()
-        with self._lock, closing(self._connect()) as conn:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                cursor = conn.execute(
-                    "INSERT INTO feedback (created_at, app_version, question, answer, citations, "
-                    "rating, comment, mode, channel) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    row,
-                )
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
+        try:
+            self._ensure_schema()
+            with self._lock, closing(self._connect()) as conn:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    cursor = conn.execute(
+                        "INSERT INTO feedback (created_at, app_version, question, answer, "
+                        "citations, rating, comment, mode, channel) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        row,
+                    )
+                    conn.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+        except (sqlite3.Error, OSError, MyoQAError) as exc:
+            cause = _write_failure(exc)
+            self.write_error = f"The latest vote was not stored: {cause}."
+            log.error("Could not store a %s vote in %s: %s", rating, self.path, exc)
+            raise FeedbackWriteError(
+                f"Your vote was not stored: {cause}. The error was logged; please try again "
+                "later or tell the course team."
+            ) from exc
+        self.write_error = None
         row_id = cursor.lastrowid
         assert row_id is not None
         log.info("Stored %s feedback #%s", rating, row_id)
@@ -313,6 +337,19 @@ class FeedbackStore:
                 _write_csv(handle, rows)
         log.info("Exported %d feedback rows to %s", len(rows), target)
         return len(rows)
+
+
+def _write_failure(exc: BaseException) -> str:
+    """The cause of a failed write in words, without the file's path."""
+    text = str(exc).lower()
+    errno_ = getattr(exc, "errno", None)
+    if "full" in text or errno_ == 28:  # SQLITE_FULL, ENOSPC
+        return "the server's disk is full"
+    if "readonly" in text or "read-only" in text or errno_ in (13, 30):  # EACCES, EROFS
+        return "the feedback database is read-only"
+    if "locked" in text or "busy" in text:
+        return "the feedback database stayed locked by another writer"
+    return "the feedback database could not be written"
 
 
 def _write_csv(handle: IO[str], rows: Sequence[FeedbackRow]) -> None:

@@ -13,12 +13,13 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import (
     BaseSettings,
     JsonConfigSettingsSource,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
 )
@@ -31,6 +32,26 @@ DEFAULT_EMBEDDING_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 SCHEMA_VERSION = 1
 #: An origin as CORS and CSP want it: scheme://host[:port], no path.
 _ORIGIN_RE = re.compile(r"https?://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(:[0-9]{1,5})?")
+
+
+#: A list that the environment may give as JSON or as comma-separated values.
+_EnvList = Annotated[list[str], NoDecode]
+
+
+def _split_list(value: Any) -> Any:
+    """``'a, b'`` -> ``['a', 'b']``; a JSON list in a string is decoded; lists pass."""
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    if text.startswith("["):
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(
+                f"{text!r} is not a JSON list; write a comma-separated list instead, "
+                "e.g. https://a.example.edu,https://b.example.edu"
+            ) from exc
+    return [part.strip() for part in text.split(",") if part.strip()]
 
 
 class _Section(BaseModel):
@@ -148,20 +169,24 @@ class ServerSettings(_Section):
     host: str = Field(default="127.0.0.1", description="Interface the chat listens on.")
     port: int = Field(default=7860, ge=1, le=65535, description="Port the chat listens on.")
     root_path: str = Field(default="", description="Path prefix when served behind a proxy.")
-    allowed_origins: list[str] = Field(
+    allowed_origins: _EnvList = Field(
         default_factory=list,
-        description="Origins (e.g. https://course.example.edu) allowed to call the API and embed "
-        "the chat; empty allows only the same origin.",
+        description="Origins (e.g. https://course.example.edu) allowed to call the API, post "
+        "votes and embed the chat; empty allows only the same origin. In the environment: a "
+        "JSON list or comma-separated.",
     )
-    frame_ancestors: list[str] | None = Field(
+    frame_ancestors: Annotated[list[str] | None, NoDecode] = Field(
         default=None,
         description="Origins allowed to show the chat in an iframe (CSP frame-ancestors, besides "
         "the chat's own origin); unset uses allowed_origins.",
     )
     rate_limit_per_minute: int = Field(
-        default=30, ge=1, description="API requests per client per minute before 429."
+        default=30,
+        ge=1,
+        description="Questions per client per minute (JSON API and gradio_client /ask) before "
+        "429; votes to /api/feedback count in a separate bucket of the same size.",
     )
-    forwarded_allow_ips: list[str] = Field(
+    forwarded_allow_ips: _EnvList = Field(
         default_factory=lambda: ["127.0.0.1"],
         description="Addresses of reverse proxies whose X-Forwarded-For header names the client "
         '(the rate limit counts per client); ["*"] trusts any peer, so use it only behind a proxy.',
@@ -177,13 +202,22 @@ class ServerSettings(_Section):
         ge=1,
         description="Chat questions that may wait in the chat's queue before new ones are refused.",
     )
+    queue_per_client: int = Field(
+        default=4,
+        ge=1,
+        description="Questions one client may have waiting or being answered in the chat's queue "
+        "(chat and gradio_client together); the next one gets 429.",
+    )
     wait_timeout_s: float = Field(
         default=30.0,
         gt=0,
         description="Longest an API request waits for a free answer slot before a 503.",
     )
     max_request_bytes: int = Field(
-        default=65536, ge=1024, description="Largest accepted API request body, in bytes."
+        default=65536,
+        ge=1024,
+        description="Largest accepted request body on any route (the JSON API and the chat's "
+        "Gradio routes), in bytes.",
     )
     reload_interval_s: float = Field(
         default=2.0,
@@ -191,6 +225,16 @@ class ServerSettings(_Section):
         description="Seconds between the server's checks for a rebuilt index, which it loads "
         "beside the old one and then switches to; 0 never checks (restart to see a new index).",
     )
+    api_docs: bool = Field(
+        default=False,
+        description="Serve the Swagger page at /api/docs (its script and style load from the "
+        "jsdelivr CDN in the reader's browser); /api/openapi.json is served either way.",
+    )
+
+    @field_validator("allowed_origins", "frame_ancestors", "forwarded_allow_ips", mode="before")
+    @classmethod
+    def _split_env_lists(cls, value: Any) -> Any:
+        return _split_list(value)
 
     @field_validator("allowed_origins", "frame_ancestors")
     @classmethod

@@ -8,6 +8,7 @@ on one that is not. Screenshots go to test-artifacts/.
 from __future__ import annotations
 
 import html
+import json
 import os
 import time
 from collections.abc import Iterator
@@ -67,6 +68,40 @@ def course_site() -> FastAPI:
             f'<script type="module" src="{base}/gradio.js"></script></head>'
             "<body><h1>Course: myositis week</h1>"
             f'<gradio-app src="{base}/"></gradio-app></body></html>'
+        )
+
+    @site.get("/attack")
+    def attack(target: str) -> HTMLResponse:
+        """A hostile page: posts a vote with a text/plain form and a no-cors fetch."""
+        base = json.dumps(target.rstrip("/") + "/api/feedback")
+        field = html.escape('{"question":"q","answer":"a","rating":"up","comment":"x', quote=True)
+        return HTMLResponse(
+            "<!doctype html><html><body><h1>Win a prize</h1>"
+            '<iframe name="sink" id="sink"></iframe>'
+            f'<form id="f" method="POST" enctype="text/plain" target="sink" action={base}>'
+            f'<input type="hidden" name="{field}" value=\'y"}}\'></form>'
+            "<script>"
+            "window.__done = false; let pending = 2;"
+            "const settle = () => { if (--pending === 0) { window.__done = true; } };"
+            "document.getElementById('sink').addEventListener('load', settle, {once: true});"
+            "document.getElementById('f').submit();"
+            f"fetch({base}, {{method: 'POST', mode: 'no-cors', "
+            "headers: {'Content-Type': 'text/plain'}, "
+            "body: JSON.stringify({question: 'q', answer: 'a', rating: 'down'})})"
+            ".then(settle, settle);"
+            "</script></body></html>"
+        )
+
+    @site.get("/vote")
+    def vote(target: str) -> HTMLResponse:
+        """An allowed course page: votes with a JSON fetch (CORS preflight included)."""
+        base = json.dumps(target.rstrip("/") + "/api/feedback")
+        return HTMLResponse(
+            "<!doctype html><html><body><script>"
+            f"fetch({base}, {{method: 'POST', headers: {{'Content-Type': 'application/json'}}, "
+            "body: JSON.stringify({question: 'from the course page', answer: 'a', rating: 'up'})})"
+            ".then((r) => { window.__status = r.status; }, () => { window.__status = -1; });"
+            "</script></body></html>"
         )
 
     return site
@@ -344,3 +379,52 @@ def test_real_chain_answer_with_citation(page: Any, real_served: str) -> None:
     page.wait_for_timeout(400)
     screenshot(page, "real-chain-answer.png")
     assert page.dialogs == []
+
+
+# --- cross-site writes and the content security policy (issue 14) ------------------------------
+
+
+def test_a_page_on_another_site_cannot_post_votes(
+    page: Any, served: tuple[str, FeedbackStore], course_url: str
+) -> None:
+    url, store = served
+    before = store.count()
+    other_origin = course_url.replace("127.0.0.1", "localhost")  # not in allowed_origins
+    page.goto(f"{other_origin}/attack?target={url}")
+    page.wait_for_function("window.__done === true")
+    page.wait_for_timeout(300)
+    assert store.count() == before  # neither the form nor the no-cors fetch stored a vote
+    # the same kind of page on the allowed course site votes with a JSON fetch
+    page.goto(f"{course_url}/vote?target={url}")
+    page.wait_for_function("window.__status !== undefined")
+    assert page.evaluate("window.__status") == 201
+    assert store.count() == before + 1
+    assert store.rows()[-1].question == "from the course page"
+
+
+def test_the_chat_runs_under_its_content_security_policy(
+    page: Any, served: tuple[str, FeedbackStore]
+) -> None:
+    url, _ = served
+    violations: list[str] = []
+    page.on(
+        "console",
+        lambda message: (
+            violations.append(message.text) if "Content Security Policy" in message.text else None
+        ),
+    )
+    response = page.goto(url + "/")
+    assert "script-src 'self'" in response.headers["content-security-policy"]
+    assert response.headers["referrer-policy"] == "no-referrer"
+    page.wait_for_selector("#myoqa-question textarea")
+    answer = ask(page, "Which antibody goes with rapidly progressive ILD?")
+    answer.locator("sup.myoqa-cite a").first.click()  # the js= hook still runs
+    page.wait_for_function("document.querySelector('details.myoqa-source').open === true")
+    # a script injected from another host is refused by the policy
+    page.evaluate(
+        "() => { const s = document.createElement('script');"
+        " s.src = 'http://localhost:9/x.js'; document.head.appendChild(s); }"
+    )
+    page.wait_for_timeout(300)
+    assert any("localhost:9" in v for v in violations), violations
+    assert [v for v in violations if "localhost:9" not in v] == []

@@ -45,9 +45,10 @@ def assert_clean(result: LoadResult) -> None:
 
 
 def test_load_with_the_fake_chain(tmp_path: Path) -> None:
-    # 20 clients x 15 questions, each answered question also votes: about 30 requests per
-    # client against a limit of 20 per minute, so the rate limit is exercised too.
-    settings = chat_settings(tmp_path, server={"rate_limit_per_minute": 20})
+    # 20 clients x 15 questions, each answered question also votes: 15 questions per
+    # client against a limit of 10 per minute (votes have a bucket of their own), so the
+    # rate limit is exercised too.
+    settings = chat_settings(tmp_path, server={"rate_limit_per_minute": 10})
     chain = FakeChain(delay_s=0.005)
     app, _ = build_server(settings, chain)
     with background_server(app, settings) as url:

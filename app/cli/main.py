@@ -26,9 +26,10 @@ log = logging.getLogger(__name__)
 )
 @click.option("-v", "--verbose", count=True, help="More logging (-vv for debug).")
 @click.version_option(package_name="myositis-qa")
-def main(config: Path | None, verbose: int) -> None:
+@click.pass_context
+def main(ctx: click.Context, config: Path | None, verbose: int) -> None:
     """Literature-grounded answers about idiopathic inflammatory myopathies."""
-    start(verbose, config)
+    start(verbose, config, quiet=ctx.invoked_subcommand == "ask")
 
 
 @main.command()

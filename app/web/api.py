@@ -3,26 +3,31 @@
 ``create_app()`` builds a FastAPI app with
 
 - ``POST /api/ask``: ``{"question": ..., "history": [...]}`` -> the ``ask --json`` object;
-- ``POST /api/feedback``: one thumbs up/down for an answer (201);
-- ``GET /healthz``: whether the index and model are loaded, and the number of chunks;
+- ``POST /api/feedback``: one thumbs up/down for an answer (201; 503 when it cannot be stored);
+- ``GET /healthz``: whether the index and model are loaded, the number of chunks, and
+  whether votes are being stored;
 - ``GET /gradio.js``: the ``<gradio-app>`` web-component loader, served by this host;
 - the Gradio chat at ``/``.
 
 Cross-origin calls are allowed only from ``server.allowed_origins`` (CORS), and only
 those origins may frame the chat (``Content-Security-Policy: frame-ancestors``).
-The API answers 429 when one client exceeds ``server.rate_limit_per_minute``.
+The API answers 429 when one client exceeds ``server.rate_limit_per_minute`` (asking
+and voting count in separate buckets). Every state-changing request first passes
+``app.web.guard.RequestGuard`` (cross-site refusal, body size, safe JSON, the chat's
+per-client queue bound); both JSON routes want ``Content-Type: application/json``.
 Errors are JSON: ``{"error": "<message for the user>"}`` (plus ``detail`` for
-validation errors).
+validation errors), and no message shows an absolute server path (the log keeps it).
 """
 
 from __future__ import annotations
 
-import json
 import logging
+import re
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Generator, Sequence
+from pathlib import Path
 from typing import Any, Literal
 
 from fastapi import FastAPI, Request
@@ -32,18 +37,59 @@ from starlette.concurrency import run_in_threadpool
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.feedback import MAX_COMMENT_CHARS, FeedbackStore
+from app.feedback import MAX_COMMENT_CHARS, FeedbackStore, FeedbackWriteError
 from app.qa.schema import Answer, QAService
 from app.qa.schema import Message as ChatMessage
+from app.web.guard import GradioAnswerQueue, RequestGuard
+from app.web.limits import (
+    MAX_HISTORY_CHARS,
+    MAX_HISTORY_MESSAGES,
+    RequestError,
+    check_text,
+    parse_json,
+)
 from indexer.errors import MyoQAError
 from indexer.settings import Settings
 
 log = logging.getLogger(__name__)
 
-#: Most chat turns accepted in ``history`` (user + assistant messages).
-MAX_HISTORY_MESSAGES = 40
-#: Longest single history message, in characters.
-MAX_HISTORY_CHARS = 20_000
+__all__ = [
+    "MAX_HISTORY_CHARS",
+    "MAX_HISTORY_MESSAGES",
+    "ManagedService",
+    "RateLimiter",
+    "ServiceUnavailable",
+    "create_app",
+    "frame_ancestors",
+    "redact_paths",
+]
+
+_ABS_PATH_RE = re.compile(r"(?<![\w.:/~-])/[^\s'\"`,;()<>\[\]{}]+")
+
+
+def redact_paths(text: str) -> str:
+    """``text`` with absolute server paths shortened, for bodies any client can read.
+
+    A path under the working directory becomes relative (``index``); any other becomes
+    ``…/<name>``. Only paths whose top folder exists here are touched, so a route such
+    as ``/api/ask`` in a message stays as it is. The log keeps the full message.
+    """
+    cwd = Path.cwd()
+
+    def shorten(match: re.Match[str]) -> str:
+        raw = match.group(0)
+        stripped = raw.rstrip(".:!?")
+        trail = raw[len(stripped) :]
+        path = Path(stripped)
+        if len(path.parts) < 2 or not Path(path.parts[0], path.parts[1]).exists():
+            return raw
+        try:
+            shown = str(path.relative_to(cwd))
+        except ValueError:
+            shown = f"…/{path.name}"
+        return shown + trail
+
+    return _ABS_PATH_RE.sub(shorten, text)
 
 
 class ServiceUnavailable(MyoQAError):
@@ -131,7 +177,9 @@ class ManagedService:
         if not self._loaded.wait(self.wait_timeout_s):
             raise ServiceUnavailable("The index is still loading; please try again in a moment.")
         if self._service is None:
-            raise ServiceUnavailable(f"The answer service is not available: {self._error}")
+            raise ServiceUnavailable(
+                f"The answer service is not available: {redact_paths(self._error or '')}"
+            )
         return self._service
 
     def current(self) -> QAService | None:
@@ -165,7 +213,7 @@ class ManagedService:
             "index_built_at": info.get("index_built_at"),
             "mode": info.get("mode"),
             "loading": not self._loaded.is_set(),
-            "error": self._error,
+            "error": redact_paths(self._error) if self._error else None,
         }
 
     @property
@@ -250,28 +298,60 @@ def frame_ancestors(settings: Settings) -> str:
     return " ".join(["frame-ancestors", "'self'", *origins])
 
 
+#: Scripts only from the chat's own host. Gradio's page needs its inline start-up
+#: scripts and evaluates the ``js=`` hook, so 'unsafe-inline' and 'unsafe-eval' stay;
+#: what the policy removes is any script, plugin or <base> from elsewhere.
+SCRIPT_POLICY = (
+    "script-src 'self' 'unsafe-inline' 'unsafe-eval'; object-src 'none'; base-uri 'self'"
+)
+#: Where FastAPI's Swagger page loads its script and style (only when server.api_docs).
+SWAGGER_CDN = "https://cdn.jsdelivr.net"
+
+
+def content_security_policy(settings: Settings, *, swagger: bool = False) -> str:
+    """The full CSP: frame-ancestors, then the script policy (plus the CDN for /api/docs)."""
+    script = SCRIPT_POLICY
+    if swagger:
+        script = script.replace("script-src 'self'", f"script-src 'self' {SWAGGER_CDN}", 1)
+    return f"{frame_ancestors(settings)}; {script}"
+
+
 class SecurityHeaders:
-    """Adds ``Content-Security-Policy: frame-ancestors ...`` and ``nosniff`` to every response.
+    """Adds the CSP (frame-ancestors, script-src), ``nosniff`` and ``Referrer-Policy:
+    no-referrer`` to every response.
 
     Pure ASGI (not ``BaseHTTPMiddleware``) so Gradio's streamed responses pass untouched.
+
+    Args:
+        app: The wrapped app.
+        csp: The policy for every path.
+        csp_by_path: Exact paths that get another policy (the opt-in Swagger page).
     """
 
-    def __init__(self, app: ASGIApp, csp: str) -> None:
+    def __init__(self, app: ASGIApp, csp: str, csp_by_path: dict[str, str] | None = None) -> None:
         self.app = app
+        self.csp = csp.encode("latin-1")
+        self.csp_by_path = {k: v.encode("latin-1") for k, v in (csp_by_path or {}).items()}
         self.headers = [
-            (b"content-security-policy", csp.encode("latin-1")),
             (b"x-content-type-options", b"nosniff"),
+            (b"referrer-policy", b"no-referrer"),
         ]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        path = scope.get("path", "")
+        root = scope.get("root_path", "")
+        if root and path.startswith(root):
+            path = path[len(root) :]
+        csp = self.csp_by_path.get(path, self.csp)
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 present = {name.lower() for name, _ in message.get("headers", [])}
-                extra = [(k, v) for k, v in self.headers if k not in present]
+                wanted = [(b"content-security-policy", csp), *self.headers]
+                extra = [(k, v) for k, v in wanted if k not in present]
                 message["headers"] = [*message.get("headers", []), *extra]
             await send(message)
 
@@ -317,7 +397,15 @@ def error(
 
 
 async def read_json(request: Request, limit: int) -> Any:
-    """The request body as JSON, refusing more than ``limit`` bytes."""
+    """The request body as JSON, refusing more than ``limit`` bytes, another Content-Type
+    (a cross-site form or no-cors ``fetch`` cannot send ``application/json``), and JSON
+    that is too deep, holds huge numbers or lone surrogates."""
+    content_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if content_type != "application/json":
+        shown = content_type or "none"
+        raise _BodyError(
+            415, f"Send the body as JSON with Content-Type: application/json (got {shown})."
+        )
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise _BodyError(413, f"The request body is over {limit} bytes.")
@@ -329,9 +417,9 @@ async def read_json(request: Request, limit: int) -> Any:
     if not body:
         raise _BodyError(400, 'The request body is empty; send JSON such as {"question": "..."}.')
     try:
-        return json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise _BodyError(400, f"The request body is not valid JSON ({exc}).") from exc
+        return parse_json(bytes(body))
+    except RequestError as exc:
+        raise _BodyError(exc.status, exc.message) from exc
 
 
 class _BodyError(Exception):
@@ -363,6 +451,7 @@ def create_app(
     *,
     ui: bool = True,
     rate_limiter: RateLimiter | None = None,
+    feedback_limiter: RateLimiter | None = None,
 ) -> FastAPI:
     """The FastAPI host with the JSON API and (unless ``ui=False``) the chat mounted at ``/``.
 
@@ -371,7 +460,10 @@ def create_app(
         settings: Server, course and answer settings.
         feedback_store: Where votes from the chat and the API go.
         ui: Mount the Gradio chat.
-        rate_limiter: Shared per-client limiter (default: one from the settings).
+        rate_limiter: Per-client limiter for asking, shared by ``/api/ask`` and the
+            gradio_client ``/ask`` endpoint (default: one from the settings).
+        feedback_limiter: Per-client limiter for ``/api/feedback``, a bucket of its own
+            so that a student who asked many questions can still vote.
     """
     server = settings.server
     managed = (
@@ -382,21 +474,23 @@ def create_app(
         )
     )
     limiter = rate_limiter or RateLimiter(server.rate_limit_per_minute)
+    vote_limiter = feedback_limiter or RateLimiter(server.rate_limit_per_minute)
     max_chars = settings.answer.max_question_chars
 
     app = FastAPI(
         title=settings.course.title,
         description="Literature-grounded answers about idiopathic inflammatory myopathies.",
-        docs_url="/api/docs",
+        docs_url="/api/docs" if server.api_docs else None,  # Swagger UI comes from a CDN
         openapi_url="/api/openapi.json",
         redoc_url=None,
     )
     app.state.service = managed
     app.state.feedback_store = feedback_store
     app.state.rate_limiter = limiter
+    app.state.feedback_limiter = vote_limiter
 
-    def limited(request: Request) -> JSONResponse | None:
-        wait = limiter.check(client_id(request))
+    def limited(request: Request, bucket: RateLimiter = limiter) -> JSONResponse | None:
+        wait = bucket.check(client_id(request))
         if wait is None:
             return None
         seconds = int(wait) + 1
@@ -425,6 +519,12 @@ def create_app(
                 detail=_validation_detail(exc),
             )
         question = payload.question
+        try:
+            check_text(question)
+            for n, message in enumerate(payload.history, start=1):
+                check_text(message.content, f"History message {n}")
+        except RequestError as exc:
+            return error(exc.status, exc.message)
         if not question.strip():
             return error(400, "Please type a question.")
         if len(question) > max_chars:
@@ -437,9 +537,9 @@ def create_app(
         try:
             answer = await run_in_threadpool(managed.ask, question, history)
         except ServiceUnavailable as exc:
-            return error(503, str(exc), headers={"Retry-After": "5"})
+            return error(503, redact_paths(str(exc)), headers={"Retry-After": "5"})
         except MyoQAError as exc:
-            return error(400, str(exc))
+            return error(400, redact_paths(str(exc)))
         except Exception:
             log.exception("Answering failed for %r", question)
             return error(500, "Answering failed; the error was logged.")
@@ -447,8 +547,9 @@ def create_app(
 
     @app.post("/api/feedback", tags=["api"], status_code=201, summary="Rate an answer")
     async def api_feedback(request: Request) -> Any:
-        """Body ``{question, answer, citations?, rating: "up"|"down", comment?}``; returns ``{"id"}``."""
-        if (refused := limited(request)) is not None:
+        """Body ``{question, answer, citations?, rating: "up"|"down", comment?}``; returns
+        ``{"id"}``, or 503 when the vote could not be stored (disk full, read-only file)."""
+        if (refused := limited(request, vote_limiter)) is not None:
             return refused
         try:
             payload = FeedbackRequest.model_validate(
@@ -471,22 +572,29 @@ def create_app(
                     channel="api",
                 )
             )
+        except FeedbackWriteError as exc:  # not the voter's fault; logged by the store
+            return error(503, str(exc), headers={"Retry-After": "30"})
         except MyoQAError as exc:
             return error(400, str(exc))
         return JSONResponse({"id": row_id}, status_code=201)
 
     @app.get("/healthz", tags=["api"], summary="Readiness")
     async def healthz() -> JSONResponse:
-        """``{index_loaded, model_loaded, n_chunks, ...}``; 503 until the chain is loaded."""
+        """``{index_loaded, model_loaded, n_chunks, ..., feedback: {writable, error}}``; 503
+        until the chain is loaded. A failing feedback store shows in ``feedback`` but
+        keeps the status 200: answering still works."""
         managed.start_loading()  # a lazily built service starts loading when first checked
         status = managed.status()
+        write_error = feedback_store.write_error
+        status["feedback"] = {"writable": write_error is None, "error": write_error}
         ready = status["index_loaded"] and status["model_loaded"]
         return JSONResponse(status, status_code=200 if ready else 503)
 
+    answer_queue: GradioAnswerQueue | None = None
     if ui:
         import gradio as gr
 
-        from app.web.ui import build_app, gradio_js_path, mount_kwargs
+        from app.web.ui import ANSWER_GROUP, build_app, gradio_js_path, mount_kwargs
 
         loader = gradio_js_path()
 
@@ -496,6 +604,7 @@ def create_app(
             return FileResponse(loader, media_type="text/javascript")
 
         blocks = build_app(managed, settings, feedback_store, rate_limiter=limiter)
+        answer_queue = GradioAnswerQueue(blocks, ANSWER_GROUP)
         app = gr.mount_gradio_app(
             app,
             blocks,
@@ -505,8 +614,21 @@ def create_app(
             **mount_kwargs(settings),
         )
 
-    # Added last so they wrap everything, the mounted chat included.
-    app.add_middleware(SecurityHeaders, csp=frame_ancestors(settings))
+    # Added last so they wrap everything, the mounted chat included (CORS outermost,
+    # so preflights are answered before the guard).
+    app.add_middleware(
+        RequestGuard,
+        max_body_bytes=server.max_request_bytes,
+        allowed_origins=server.allowed_origins,
+        answer_queue=answer_queue,
+        queue_per_client=server.queue_per_client,
+    )
+    docs_csp = {"/api/docs": content_security_policy(settings, swagger=True)}
+    app.add_middleware(
+        SecurityHeaders,
+        csp=content_security_policy(settings),
+        csp_by_path=docs_csp if server.api_docs else None,
+    )
     app.add_middleware(
         CORSMiddleware,
         allow_origins=server.allowed_origins,

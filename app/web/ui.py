@@ -24,6 +24,7 @@ import gradio as gr
 
 from app.feedback import MAX_COMMENT_CHARS, FeedbackStore
 from app.qa.schema import Answer, Citation, Message, QAService
+from app.web.limits import check_history, check_text
 from indexer.errors import MyoQAError
 from indexer.settings import Settings
 
@@ -31,6 +32,9 @@ log = logging.getLogger(__name__)
 
 #: Conversation turns (question + answer) handed to the chain as history.
 HISTORY_TURNS = 6
+#: The concurrency group of every event that computes an answer (the chat and ``/ask``);
+#: ``app.web.guard`` bounds each client's events in it.
+ANSWER_GROUP = "answer"
 
 _MARKER_RE = re.compile(r"\[(\d{1,3}(?:\s*,\s*\d{1,3})*)\]")
 _DOI_RE = re.compile(r"10\.\d{4,9}/\S+")
@@ -351,6 +355,10 @@ class ChatHandlers:
         """
         turns = list(turns or [])
         question = question or ""
+        try:
+            check_text(question)
+        except MyoQAError as exc:
+            raise gr.Error(str(exc)) from exc
         history = history_from(turns)
         turn = len(turns)
         pending = [*render_chat(turns), {"role": "user", "content": render_question(question)}]
@@ -462,16 +470,9 @@ class ChatHandlers:
             wait = self.rate_limiter.check(client)
             if wait is not None:
                 raise gr.Error(f"Too many requests; try again in {int(wait) + 1} s.")
-        messages: list[Message] = []
-        for message in history or []:
-            if (
-                not isinstance(message, dict)
-                or message.get("role") not in ("user", "assistant")
-                or not isinstance(message.get("content"), str)
-            ):
-                raise gr.Error("history must be a list of {role: user|assistant, content: text}.")
-            messages.append({"role": message["role"], "content": message["content"]})
-        try:
+        try:  # the same limits as POST /api/ask (app.web.limits)
+            messages = check_history(history)
+            check_text(question if isinstance(question, str) else "")
             return self.service.ask(question, messages).contract()
         except MyoQAError as exc:
             raise gr.Error(str(exc)) from exc
@@ -546,7 +547,7 @@ def build_app(
         # Answers share one concurrency group (the service bounds the work as well);
         # votes, clearing and the mode line never wait behind an answer.
         answering: dict[str, Any] = {
-            "concurrency_id": "answer",
+            "concurrency_id": ANSWER_GROUP,
             "concurrency_limit": settings.server.max_concurrent,
         }
         cheap: dict[str, Any] = {"api_visibility": "private", "concurrency_limit": None}
@@ -598,8 +599,17 @@ def _api_ask(handlers: ChatHandlers) -> Callable[..., dict[str, Any]]:
 
 
 def mount_kwargs(settings: Settings) -> dict[str, Any]:
-    """Styling and script for ``gr.mount_gradio_app`` (Gradio 6 takes them at mount time)."""
-    return {"css": CSS, "js": JS, "theme": gr.themes.Soft()}
+    """Styling and script for ``gr.mount_gradio_app`` (Gradio 6 takes them at mount time).
+
+    ``max_file_size`` bounds Gradio's multipart parsing; its upload route itself is
+    closed by ``app.web.guard`` (the chat has no upload component).
+    """
+    return {
+        "css": CSS,
+        "js": JS,
+        "theme": gr.themes.Soft(),
+        "max_file_size": settings.server.max_request_bytes,
+    }
 
 
 def gradio_js_path() -> Path:
