@@ -5,7 +5,9 @@ adding citation markers the loader strips, or re-wrapping a paragraph) can chang
 the id of the passage a table row cites. ``refresh_chunk_ids`` finds, for every row,
 the indexed passage of the row's source that contains the row's quote, and
 ``check_table`` reports every row whose chunk is missing or no longer states it.
-``myositis-qa criteria-ids`` runs both from the command line.
+``myositis-qa criteria-ids`` runs both from the command line. ``Calculator`` is what the
+tab, the API and the CLI use: the pure scoring of ``app.qa.criteria`` with the
+passages of the index attached.
 
 Only ``manifest.json`` and ``chunks.jsonl`` are read (no vectors, no model).
 """
@@ -23,7 +25,20 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from app.qa.criteria import CitedRow, CriteriaTable, CutoffRow, ItemRow
+from app.qa.criteria import (
+    Case,
+    CitedRow,
+    Classification,
+    CriteriaTable,
+    CutoffRow,
+    ItemRow,
+    R,
+    ScoreBand,
+    attach_citations,
+    classify,
+    load_table,
+    score_band,
+)
 from indexer.chunking import Chunk
 from indexer.errors import MyoQAError
 from indexer.sources import SourceRecord
@@ -201,3 +216,34 @@ def refresh_chunk_ids(data: Mapping[str, Any], passages: IndexPassages) -> Refre
 def write_table(path: Path, data: Mapping[str, Any]) -> None:
     """Write the table JSON as it is kept in the repository (2-space indent, UTF-8)."""
     path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+class Calculator:
+    """The calculator as the tab, the API and the CLI run it: scores cited to the index.
+
+    Args:
+        index_dir: The index whose passages the results cite; when it cannot be read the
+            results still carry each row's quote, and ``passages_error`` says why.
+    """
+
+    def __init__(self, index_dir: Path, table: CriteriaTable | None = None) -> None:
+        self.table = table or load_table()
+        self.passages = PassageSource(index_dir)
+
+    @property
+    def passages_error(self) -> str | None:
+        return self.passages.error
+
+    def _cited(self, result: R) -> R:
+        found = self.passages.get()
+        if found is None:
+            return result
+        return attach_citations(result, found.chunks, found.records)
+
+    def classify(self, case: Case) -> Classification:
+        """Score a case (raises ``MyoQAError`` for an invalid one)."""
+        return self._cited(classify(case, self.table))
+
+    def score_band(self, score: float, muscle_biopsy: bool) -> ScoreBand:
+        """What a total score means (raises ``MyoQAError`` for an unreachable score)."""
+        return self._cited(score_band(score, muscle_biopsy, self.table))
