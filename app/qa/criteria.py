@@ -559,6 +559,28 @@ def classify(case: Case, table: CriteriaTable | None = None) -> Classification:
 R = TypeVar("R", bound=ScoreBand)
 
 
+def make_citation(n: int, chunk: Chunk, record: SourceRecord, quotes: Sequence[str]) -> Citation:
+    """Citation ``n`` for a passage, as the chat builds it, highlighting ``quotes``."""
+    return Citation(
+        n=n,
+        source_id=chunk.source_id,
+        title=record.title,
+        authors=record.authors,
+        journal=record.journal,
+        year=record.year,
+        doi=record.doi,
+        pmid=record.pmid,
+        pmcid=record.pmcid,
+        url=record.url,
+        section=chunk.section,
+        page=chunk.page_start,
+        page_end=chunk.page_end,
+        chunk_id=chunk.chunk_id,
+        passage=chunk.text,
+        highlights=[q for q in quotes if q in chunk.text],
+    )
+
+
 def attach_citations(
     result: R, chunks: Mapping[str, Chunk], records: Mapping[str, SourceRecord]
 ) -> R:
@@ -577,25 +599,7 @@ def attach_citations(
             continue
         if row.chunk_id not in numbers:
             numbers[row.chunk_id] = len(citations) + 1
-            citations.append(
-                Citation(
-                    n=numbers[row.chunk_id],
-                    source_id=chunk.source_id,
-                    title=record.title,
-                    authors=record.authors,
-                    journal=record.journal,
-                    year=record.year,
-                    doi=record.doi,
-                    pmid=record.pmid,
-                    pmcid=record.pmcid,
-                    url=record.url,
-                    section=chunk.section,
-                    page=chunk.page_start,
-                    page_end=chunk.page_end,
-                    chunk_id=chunk.chunk_id,
-                    passage=chunk.text,
-                )
-            )
+            citations.append(make_citation(numbers[row.chunk_id], chunk, record, []))
         citation = citations[numbers[row.chunk_id] - 1]
         if row.quote in chunk.text and row.quote not in citation.highlights:
             citation.highlights.append(row.quote)

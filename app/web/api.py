@@ -480,7 +480,7 @@ def create_app(
             return error(
                 422,
                 'Malformed case: expected {"age_at_onset": years, "muscle_biopsy"?: true|false, '
-                '<item>?: true|false, ...}; see /api/docs.',
+                "<item>?: true|false, ...}; see /api/docs.",
                 detail=_validation_detail(exc),
             )
         try:
