@@ -229,6 +229,7 @@ def test_choosing_the_option_opens_the_tab_filled_in(handlers: CalculatorHandler
     option = option_for("How many points is Gottron's sign without a biopsy?")
     assert option is not None
     updates = handlers.from_option(SimpleNamespace(value=option))  # type: ignore[arg-type]
+    assert len(updates) == 9
     tabs, age, biopsy, weakness, skin, *_, shown = updates
     assert tabs.selected == TAB_ID
     assert skin["value"] == ["gottrons_sign"] and weakness["value"] == []
@@ -248,6 +249,7 @@ def test_a_score_question_opens_the_lookup(handlers: CalculatorHandlers) -> None
 
 def test_a_foreign_option_changes_nothing(handlers: CalculatorHandlers) -> None:
     updates = handlers.from_option(SimpleNamespace(value="something else"))  # type: ignore[arg-type]
+    assert len(updates) == 9  # tabs, age, biopsy, four item groups, score, result
     assert all(u == gr.update() for u in updates)
 
 

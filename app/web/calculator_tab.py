@@ -235,6 +235,11 @@ def _group_ids(table: CriteriaTable, groups: tuple[str, ...]) -> list[str]:
     return [i.id for i in table.items if i.group in groups]
 
 
+def _unchanged() -> tuple[Any, ...]:
+    """No update for any of (tabs, age, biopsy, *groups, score, result)."""
+    return (gr.update(),) * (5 + len(GROUPS))
+
+
 class CalculatorHandlers:
     """The tab's event handlers, bound to one calculator (the API uses the same one type)."""
 
@@ -336,7 +341,7 @@ class CalculatorHandlers:
         value = data.value.get("value") if isinstance(data.value, dict) else data.value
         link = parse_option(str(value or ""))
         if link is None:
-            return (gr.update(),) * (4 + len(GROUPS))
+            return _unchanged()
         return self.prefill(link)
 
     def from_query(self, request: gr.Request) -> tuple[Any, ...]:
@@ -344,7 +349,7 @@ class CalculatorHandlers:
         params = dict(request.query_params) if request is not None else {}
         link = link_from_query(params, self.table)
         if link is None:
-            return (gr.update(),) * (4 + len(GROUPS))
+            return _unchanged()
         return self.prefill(link)
 
 
@@ -413,7 +418,7 @@ class CalculatorTab:
             None,
             self.outputs,
             api_visibility="private",
-            queue=False,
+            concurrency_limit=None,
         )
 
 
@@ -440,7 +445,7 @@ def add_calculator_tab(
             biopsy = gr.Checkbox(
                 label="A muscle biopsy was done (use the weights with biopsy)",
                 value=False,
-                elem_id="myoqa-calc-biopsy",
+                elem_id="myoqa-calc-muscle-biopsy",
             )
         groups = []
         for title, names in GROUPS:
@@ -465,7 +470,8 @@ def add_calculator_tab(
         result = gr.HTML(elem_id="myoqa-calc-output")
         with gr.Accordion("All items, both weights and where they are stated", open=False):
             gr.HTML(render_reference(table))
-    cheap: dict[str, Any] = {"api_visibility": "private", "queue": False}
+    # queued (so a gr.Error shows as a toast) but never waiting behind an answer
+    cheap: dict[str, Any] = {"api_visibility": "private", "concurrency_limit": None}
     calculate.click(handlers.calculate, [age, biopsy, *groups], [result], **cheap)
     lookup.click(handlers.lookup, [score, biopsy], [result], **cheap)
     reset.click(handlers.clear, None, [age, biopsy, *groups, score, result], **cheap)
