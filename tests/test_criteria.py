@@ -143,6 +143,11 @@ def test_score_bands_at_and_around_each_cutoff(
         assert result.next_cutoff.distance == distance
 
 
+def test_a_score_lookup_carries_the_rules() -> None:
+    ids = [n.id for n in score_band(6.0, False).notes]
+    assert ids == ["no_better_explanation", "probable_is_minimum", "skin_or_biopsy_features"]
+
+
 def test_band_probabilities_are_the_cited_ones() -> None:
     assert score_band(5.0, False).band.probability == "<50%"
     assert score_band(5.3, False).band.probability == "50% to <55%"

@@ -379,7 +379,21 @@ def score_band(score: float, muscle_biopsy: bool, table: CriteriaTable | None = 
             f"A total score of {score:g} cannot be reached {_column(muscle_biopsy)}: "
             f"scores run from 0 to {highest:g}."
         )
-    return _band_result(_dec(score), muscle_biopsy, table)
+    result = _band_result(_dec(score), muscle_biopsy, table)
+    result.notes = [
+        _note(
+            table.statement("no_better_explanation"),
+            "Apply the criteria only when no better explanation for the symptoms and signs exists.",
+        ),
+        *result.notes,
+        _note(
+            table.statement("skin_or_biopsy_features"),
+            "A score alone does not show the findings: without heliotrope rash, Gottron's "
+            "papules or Gottron's sign, muscle-biopsy features are needed to classify a "
+            "patient as IIM.",
+        ),
+    ]
+    return result
 
 
 def _band_result(total: Decimal, muscle_biopsy: bool, table: CriteriaTable) -> ScoreBand:

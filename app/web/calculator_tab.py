@@ -439,6 +439,7 @@ def add_calculator_tab(
             age = gr.Number(
                 label="Age at onset of the first symptom (years)",
                 value=None,
+                placeholder="e.g. 45",
                 precision=None,
                 elem_id="myoqa-calc-age",
             )
@@ -463,6 +464,7 @@ def add_calculator_tab(
             score = gr.Number(
                 label="Or: what does a total score mean? (uses the biopsy box above)",
                 value=None,
+                placeholder="e.g. 6.0",
                 precision=None,
                 elem_id="myoqa-calc-score-input",
             )
