@@ -333,6 +333,18 @@ def test_a_score_that_cannot_be_reached_is_refused() -> None:
         ("Does anti-Jo-1 count in the EULAR/ACR criteria?", ["anti_jo1"], None, None),
         ("Is 6.0 without biopsy probable IIM?", [], False, 6.0),
         ("What does a score of 8.7 with biopsy mean?", [], True, 8.7),
+        (
+            "What's the weighting for Gottron's sign when biopsy data are used?",
+            ["gottrons_sign"],
+            True,
+            None,
+        ),
+        (
+            "Gottron's sign weight in the EULAR/ACR score, no-biopsy column?",
+            ["gottrons_sign"],
+            False,
+            None,
+        ),
     ],
 )
 def test_chat_link_recognises_scoring_questions(
@@ -350,10 +362,22 @@ def test_chat_link_recognises_scoring_questions(
         "Which antibody goes with rapidly progressive ILD in dermatomyositis?",
         "How is inclusion body myositis treated?",
         "What score defines probable IIM?",
+        "If there's no heliotrope or Gottron's sign, can you still classify someone as IIM?",
     ],
 )
 def test_chat_link_ignores_other_questions(question: str) -> None:
     assert chat_link(question) is None
+
+
+def test_chat_link_label_names_the_age_item() -> None:
+    link = chat_link(
+        "How many points for onset at age 40 or older (no biopsy) in the EULAR/ACR criteria?"
+    )
+    assert link is not None and link.age_at_onset == 40
+    assert link.label() == (
+        "Open in the classification calculator: Age at onset of the first symptom ≥40 years, "
+        "without muscle biopsy"
+    )
 
 
 # --- citations against the index built from the bundled corpus -----------------------------

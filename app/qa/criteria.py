@@ -637,9 +637,17 @@ class ChatLink(BaseModel):
 
     def label(self, table: CriteriaTable | None = None) -> str:
         table = table or load_table()
-        parts = [table.item(i).label for i in self.items]
+        parts = [
+            i.label
+            for i in table.items
+            if i.group == "age"
+            and self.age_at_onset is not None
+            and self.age_at_onset >= (i.min_age or 0.0)
+            and (i.below_age is None or self.age_at_onset < i.below_age)
+        ]
+        parts.extend(table.item(i).label for i in self.items)
         if self.score is not None:
-            parts.append(f"total score {self.score:g}")
+            parts.append(f"total score {self.score:.1f}")
         if self.muscle_biopsy is not None:
             parts.append(_column(self.muscle_biopsy))
         return "Open in the classification calculator: " + ", ".join(parts)
@@ -651,11 +659,18 @@ _ASKS_SCORE = re.compile(
     re.I,
 )
 _WITHOUT_BIOPSY = re.compile(
-    r"\b(without|no|absent|missing|lacking)\s+(a\s+|any\s+)?(muscle\s+)?biops", re.I
+    r"(\b(without|no|absent|missing|lacking)|\bw/o)[\s-]+(a\s+|any\s+)?(muscle\s+)?biops", re.I
 )
 _WITH_BIOPSY = re.compile(
-    r"\bwith\s+(a\s+)?(muscle\s+)?biops|\bbiops\w*\s+(was\s+)?(done|available|performed)", re.I
+    r"\bwith\s+(a\s+|the\s+)?(muscle\s+)?biops"
+    r"|\b(have|has|had)\s+(a\s+)?(muscle\s+)?biops"
+    r"|\bbiops\w*\s+(data|results?|findings|column)"
+    r"|\bbiops\w*\s+((is|was|were|are)\s+)?(done|available|performed|used)",
+    re.I,
 )
+#: "no heliotrope", "without Gottron's papules or Gottron's sign": the item is absent.
+_NEGATOR = re.compile(r"\b(no|not|without|absent|lacking|none of)\b", re.I)
+_CONNECTORS = re.compile(r"\b(or|and|nor|an?|the|any|either|neither)\b|[,/\s]", re.I)
 _SCORE_VALUE = re.compile(
     r"\b(?:score\s+(?:of\s+)?)?(\d{1,2}(?:\.\d)?)\b(?!\s*(?:%|years?|yrs?|y\b|mg|g\b))"
 )
@@ -676,6 +691,17 @@ def _term_patterns(table: CriteriaTable) -> list[tuple[str, re.Pattern[str]]]:
     ]
 
 
+def _negated(before: str, table: CriteriaTable) -> bool:
+    """Whether the text just before an item names its absence ("no heliotrope or ...")."""
+    negators = list(_NEGATOR.finditer(before))
+    if not negators:
+        return False
+    between = before[negators[-1].end() :]
+    for _, pattern in _term_patterns(table):
+        between = pattern.sub(" ", between)
+    return not _CONNECTORS.sub("", between)
+
+
 def chat_link(question: str, table: CriteriaTable | None = None) -> ChatLink | None:
     """The calculator link for a question about what an item scores or what a score means.
 
@@ -689,8 +715,12 @@ def chat_link(question: str, table: CriteriaTable | None = None) -> ChatLink | N
         return None
     found: list[str] = []
     for item_id, pattern in _term_patterns(table):
-        if item_id not in found and pattern.search(text):
-            found.append(item_id)
+        match = pattern.search(text)
+        if item_id in found or match is None:
+            continue
+        if _negated(text[: match.start()], table):
+            continue
+        found.append(item_id)
     age_items = [i for i in found if table.item(i).group == "age"]
     if age_items and not _AGE_IN_QUESTION.search(text):
         found = [i for i in found if i not in age_items]
