@@ -247,6 +247,13 @@ def test_a_score_question_opens_the_lookup(handlers: CalculatorHandlers) -> None
     assert "probable IIM" in _shown(updates[-1])
 
 
+def test_an_option_with_unknown_items_ignores_them(handlers: CalculatorHandlers) -> None:
+    forged = OPTION_PREFIX + ChatLink(items=["<script>", "anti_jo1"]).model_dump_json()
+    updates = handlers.from_option(SimpleNamespace(value=forged))  # type: ignore[arg-type]
+    assert updates[5]["value"] == ["anti_jo1"]  # other clinical and laboratory items
+    assert "<script>" not in updates[-1]
+
+
 def test_a_foreign_option_changes_nothing(handlers: CalculatorHandlers) -> None:
     updates = handlers.from_option(SimpleNamespace(value="something else"))  # type: ignore[arg-type]
     assert len(updates) == 9  # tabs, age, biopsy, four item groups, score, result

@@ -484,7 +484,7 @@ def validate_case(case: Case, table: CriteriaTable) -> ItemRow:
         )
     if age > MAX_AGE:
         raise MyoQAError(
-            f"An age at onset of {age:g} years is out of range (0 to {MAX_AGE}); "
+            f"An age at onset of {age:g} years is out of range ({youngest:g} to {MAX_AGE}); "
             "enter the age in years at the first symptom."
         )
     matched = [

@@ -307,6 +307,8 @@ class CalculatorHandlers:
 
     def prefill(self, link: ChatLink) -> tuple[Any, ...]:
         """Updates for (tabs, age, biopsy, *groups, score, result) that open ``link``."""
+        known = {i.id for i in self.table.scored_items()}
+        link = link.model_copy(update={"items": [i for i in link.items if i in known]})
         groups = [
             gr.update(value=[i for i in link.items if self.table.item(i).group in names])
             for _, names in GROUPS
