@@ -408,6 +408,7 @@ def test_chat_question_about_an_item_opens_the_calculator_filled_in(
         "button",
         name="Open in the classification calculator: Gottron's sign, without muscle biopsy",
     )
+    screenshot(page, "chat-calculator-option.png")
     option.click()
     page.locator("#myoqa-calc-result").wait_for()
     assert page.locator("#myoqa-calc-skin").get_by_label("Gottron's sign").is_checked()
