@@ -428,3 +428,81 @@ def test_the_chat_runs_under_its_content_security_policy(
     page.wait_for_timeout(300)
     assert any("localhost:9" in v for v in violations), violations
     assert [v for v in violations if "localhost:9" not in v] == []
+
+
+# --- the classification calculator (issue 15) ----------------------------------------------
+
+
+def open_calculator(page: Any) -> None:
+    page.get_by_role("tab", name="Classification calculator").click()
+    page.locator("#myoqa-calc-age input").wait_for()
+
+
+@pytest.mark.slow
+def test_calculator_tab_scores_a_case_and_shows_the_passages(page: Any, real_served: str) -> None:
+    open_chat(page, real_served)
+    open_calculator(page)
+    assert (
+        "not a diagnostic device" in page.locator("#myoqa-calc-tab .myoqa-disclaimer").inner_text()
+    )
+    page.locator("#myoqa-calc-age input").fill("45")
+    page.locator("#myoqa-calc-skin").get_by_label("Gottron's sign").check()
+    page.locator("#myoqa-calc-other").get_by_label(
+        "Raised CK, LDH, AST or ALT (above the upper limit of normal)"
+    ).check()
+    page.locator("#myoqa-calc-go").click()
+    result = page.locator("#myoqa-calc-result")
+    result.wait_for()
+    assert page.locator("#myoqa-calc-score").inner_text() == "6.7"
+    assert page.locator("#myoqa-calc-category").inner_text() == "probable IIM"
+    text = result.inner_text()
+    assert "≥55% and <90%" in text and "0.8 points away" in text
+    # each weight links to the passage that states it
+    row = result.locator("tr", has_text="Gottron's sign")
+    assert "3.3" in row.inner_text()
+    row.locator("sup.myoqa-cite a").click()
+    opened = result.locator("details.myoqa-source[open]")
+    opened.wait_for()
+    assert (
+        "Gottron's sign scores 3.3 without muscle biopsy"
+        in opened.locator("mark.myoqa-hl").inner_text()
+    )
+    assert opened.locator(".myoqa-links a").first.get_attribute("href") == (
+        "https://doi.org/10.1136/annrheumdis-2017-211468"
+    )
+    page.wait_for_timeout(400)
+    screenshot(page, "calculator-result.png")
+
+    # an invalid case is refused with a message, and the inputs stay
+    page.locator("#myoqa-calc-age input").fill("15")
+    page.locator("#myoqa-calc-go").click()
+    page.locator(".toast-body").filter(has_text="out of range").wait_for()
+    assert page.locator("#myoqa-calc-skin").get_by_label("Gottron's sign").is_checked()
+    assert page.dialogs == []
+
+
+@pytest.mark.slow
+def test_chat_question_about_an_item_opens_the_calculator_filled_in(
+    page: Any, real_served: str
+) -> None:
+    open_chat(page, real_served)
+    page.get_by_text("Answer mode: extractive").wait_for()
+    answer = ask(page, "How many points is Gottron's sign without a biopsy?")
+    assert "3.3" in answer.locator(".myoqa-text").inner_text()  # the cited sentence stays
+    option = page.get_by_role(
+        "button",
+        name="Open in the classification calculator: Gottron's sign, without muscle biopsy",
+    )
+    screenshot(page, "chat-calculator-option.png")
+    option.click()
+    page.locator("#myoqa-calc-result").wait_for()
+    assert page.locator("#myoqa-calc-skin").get_by_label("Gottron's sign").is_checked()
+    assert not page.locator("#myoqa-calc-muscle-biopsy input").is_checked()
+    assert (
+        "Gottron's sign scores 3.3 without muscle biopsy"
+        in page.locator("#myoqa-calc-result").inner_text()
+    )
+    screenshot(page, "calculator-from-chat.png")
+    # the conversation is still there
+    page.get_by_role("tab", name="Chat").click()
+    assert page.locator("#myoqa-chat .myoqa-answer:not(.myoqa-pending)").count() == 1

@@ -1,5 +1,6 @@
 """The ``myositis-qa`` command group: ``index`` and ``settings`` live here; ``ask``,
-``serve`` and ``feedback`` are registered from their own modules."""
+``serve``, ``feedback``, ``classify`` and ``criteria-ids`` are registered from their own
+modules."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 import click
 
 from app.cli.ask import ask
+from app.cli.classify import classify_command, criteria_ids
 from app.cli.common import settings_with, start, user_errors
 from app.cli.serve import feedback, serve
 from indexer.settings import load_settings
@@ -92,6 +94,8 @@ def show_settings(table: bool) -> None:
 main.add_command(ask)
 main.add_command(serve)
 main.add_command(feedback)
+main.add_command(classify_command)
+main.add_command(criteria_ids)
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

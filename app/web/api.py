@@ -4,6 +4,8 @@
 
 - ``POST /api/ask``: ``{"question": ..., "history": [...]}`` -> the ``ask --json`` object;
 - ``POST /api/feedback``: one thumbs up/down for an answer (201; 503 when it cannot be stored);
+- ``POST /api/classify``: a case -> its 2017 EULAR/ACR score, band and category, every
+  weight cited (``app.qa.criteria``);
 - ``GET /healthz``: whether the index and model are loaded, the number of chunks, and
   whether votes are being stored;
 - ``GET /gradio.js``: the ``<gradio-app>`` web-component loader, served by this host;
@@ -38,6 +40,8 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.feedback import MAX_COMMENT_CHARS, FeedbackStore, FeedbackWriteError
+from app.qa.criteria import Case
+from app.qa.criteria_index import Calculator
 from app.qa.schema import Answer, QAService
 from app.qa.schema import Message as ChatMessage
 from app.web.guard import GradioAnswerQueue, RequestGuard
@@ -488,6 +492,8 @@ def create_app(
     app.state.feedback_store = feedback_store
     app.state.rate_limiter = limiter
     app.state.feedback_limiter = vote_limiter
+    calculator = Calculator(settings.paths.index_dir)
+    app.state.calculator = calculator
 
     def limited(request: Request, bucket: RateLimiter = limiter) -> JSONResponse | None:
         wait = bucket.check(client_id(request))
@@ -577,6 +583,29 @@ def create_app(
         except MyoQAError as exc:
             return error(400, str(exc))
         return JSONResponse({"id": row_id}, status_code=201)
+
+    @app.post("/api/classify", tags=["api"], summary="Score a case (2017 EULAR/ACR criteria)")
+    async def api_classify(request: Request) -> Any:
+        """Body: the case (``age_at_onset`` and item flags, see ``Case``); returns the score,
+        band, category and notes, each weight and cut-off cited to its passage."""
+        if (refused := limited(request)) is not None:
+            return refused
+        try:
+            case = Case.model_validate(await read_json(request, server.max_request_bytes))
+        except _BodyError as exc:
+            return error(exc.status, exc.message)
+        except ValidationError as exc:
+            return error(
+                422,
+                'Malformed case: expected {"age_at_onset": years, "muscle_biopsy"?: true|false, '
+                "<item>?: true|false, ...}; see /api/docs.",
+                detail=_validation_detail(exc),
+            )
+        try:
+            result = await run_in_threadpool(calculator.classify, case)
+        except MyoQAError as exc:
+            return error(400, str(exc))
+        return JSONResponse(result.model_dump(mode="json"))
 
     @app.get("/healthz", tags=["api"], summary="Readiness")
     async def healthz() -> JSONResponse:

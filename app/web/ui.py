@@ -24,6 +24,8 @@ import gradio as gr
 
 from app.feedback import MAX_COMMENT_CHARS, FeedbackStore
 from app.qa.schema import Answer, Citation, Message, QAService
+from app.web.calculator_tab import CSS as CALCULATOR_CSS
+from app.web.calculator_tab import add_calculator_tab, option_for
 from app.web.limits import check_history, check_text
 from indexer.errors import MyoQAError
 from indexer.settings import Settings
@@ -267,14 +269,18 @@ def render_question(question: str) -> str:
     return f'<div class="myoqa-question">{_text(question)}</div>'
 
 
-def render_chat(turns: Sequence[dict[str, Any]]) -> list[dict[str, str]]:
+def render_chat(turns: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """The Chatbot value for a conversation: one user and one assistant message per turn."""
-    messages: list[dict[str, str]] = []
+    messages: list[dict[str, Any]] = []
     for turn, record in enumerate(turns):
         messages.append({"role": "user", "content": render_question(record["question"])})
-        messages.append(
-            {"role": "assistant", "content": render_answer(Answer(**record["answer"]), turn)}
-        )
+        reply: dict[str, Any] = {
+            "role": "assistant",
+            "content": render_answer(Answer(**record["answer"]), turn),
+        }
+        if option := option_for(record["question"]):  # "open in the calculator" (issue 15)
+            reply["options"] = [option]
+        messages.append(reply)
     return messages
 
 
@@ -501,48 +507,55 @@ def build_app(
     with gr.Blocks(title=course.title, analytics_enabled=False) as demo:
         gr.HTML(header_html(settings), elem_id="myoqa-header")
         mode = gr.Markdown(elem_id="myoqa-mode", elem_classes=["myoqa-mode"])
-        turns = gr.State([])
-        chatbot = gr.Chatbot(
-            label="Conversation",
-            elem_id="myoqa-chat",
-            height="70vh",
-            min_height=420,
-            latex_delimiters=[],
-            render_markdown=False,
-            sanitize_html=True,
-            feedback_options=("Like", "Dislike"),
-            buttons=["copy_all"],
-            placeholder="Ask a question, or pick an example below.",
-        )
-        with gr.Row(equal_height=True):
-            question = gr.Textbox(
-                placeholder="Ask about the classification or management of myositis…",
-                show_label=False,
-                lines=1,
-                max_lines=6,
-                scale=8,
-                elem_id="myoqa-question",
-            )
-            ask = gr.Button("Ask", variant="primary", scale=1, elem_id="myoqa-ask")
-            clear = gr.Button("New chat", variant="secondary", scale=1, elem_id="myoqa-clear")
-        if course.examples:
-            gr.Examples(
-                examples=[[q] for q in course.examples],
-                inputs=[question],
-                label="Example questions",
-                examples_per_page=max(len(course.examples), 1),
-            )
-        with gr.Row(equal_height=True):
-            comment = gr.Textbox(
-                label="Feedback on the latest answer (optional comment)",
-                placeholder="What was right, wrong or missing?",
-                max_length=MAX_COMMENT_CHARS,
-                scale=6,
-                elem_id="myoqa-comment",
-            )
-            up = gr.Button("Helpful", scale=1, elem_id="myoqa-up")
-            down = gr.Button("Not helpful", scale=1, elem_id="myoqa-down")
-        status = gr.Markdown(elem_id="myoqa-feedback-status")
+        with gr.Tabs() as tabs:
+            with gr.Tab("Chat", id="chat"):
+                turns = gr.State([])
+                chatbot = gr.Chatbot(
+                    label="Conversation",
+                    elem_id="myoqa-chat",
+                    height="70vh",
+                    min_height=420,
+                    latex_delimiters=[],
+                    render_markdown=False,
+                    sanitize_html=True,
+                    feedback_options=("Like", "Dislike"),
+                    buttons=["copy_all"],
+                    placeholder="Ask a question, or pick an example below.",
+                )
+                with gr.Row(equal_height=True):
+                    question = gr.Textbox(
+                        placeholder="Ask about the classification or management of myositis…",
+                        show_label=False,
+                        lines=1,
+                        max_lines=6,
+                        scale=8,
+                        elem_id="myoqa-question",
+                    )
+                    ask = gr.Button("Ask", variant="primary", scale=1, elem_id="myoqa-ask")
+                    clear = gr.Button(
+                        "New chat", variant="secondary", scale=1, elem_id="myoqa-clear"
+                    )
+                if course.examples:
+                    gr.Examples(
+                        examples=[[q] for q in course.examples],
+                        inputs=[question],
+                        label="Example questions",
+                        examples_per_page=max(len(course.examples), 1),
+                    )
+                with gr.Row(equal_height=True):
+                    comment = gr.Textbox(
+                        label="Feedback on the latest answer (optional comment)",
+                        placeholder="What was right, wrong or missing?",
+                        max_length=MAX_COMMENT_CHARS,
+                        scale=6,
+                        elem_id="myoqa-comment",
+                    )
+                    up = gr.Button("Helpful", scale=1, elem_id="myoqa-up")
+                    down = gr.Button("Not helpful", scale=1, elem_id="myoqa-down")
+                status = gr.Markdown(elem_id="myoqa-feedback-status")
+
+            calculator = add_calculator_tab(demo, settings, tabs)
+        calculator.link_chat(chatbot)
 
         # Answers share one concurrency group (the service bounds the work as well);
         # votes, clearing and the mode line never wait behind an answer.
@@ -605,7 +618,7 @@ def mount_kwargs(settings: Settings) -> dict[str, Any]:
     closed by ``app.web.guard`` (the chat has no upload component).
     """
     return {
-        "css": CSS,
+        "css": CSS + CALCULATOR_CSS,
         "js": JS,
         "theme": gr.themes.Soft(),
         "max_file_size": settings.server.max_request_bytes,
