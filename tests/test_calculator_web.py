@@ -125,8 +125,10 @@ def test_api_classify_rejects_unparseable_bodies(client: TestClient) -> None:
         "/api/classify", content=b"{not json", headers={"content-type": "application/json"}
     )
     assert response.status_code == 400 and "not valid JSON" in response.json()["error"]
-    empty = client.post("/api/classify", content=b"")
+    empty = client.post("/api/classify", content=b"", headers={"content-type": "application/json"})
     assert empty.status_code == 400
+    # like every state-changing route, the calculator takes JSON only
+    assert client.post("/api/classify", content=b"age=45").status_code == 415
 
 
 def test_api_classify_is_rate_limited(tmp_path: Path) -> None:

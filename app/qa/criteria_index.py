@@ -42,7 +42,7 @@ from app.qa.criteria import (
 from indexer.chunking import Chunk
 from indexer.errors import MyoQAError
 from indexer.sources import SourceRecord
-from indexer.store import CHUNKS_FILE, REBUILD_HINT, read_manifest
+from indexer.store import CHUNKS_FILE, REBUILD_HINT, current_version, read_manifest
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,8 @@ def read_passages(index_dir: Path) -> IndexPassages:
         MyoQAError: No index, or a damaged one (the message says how to rebuild).
     """
     manifest = read_manifest(index_dir)
-    path = index_dir / CHUNKS_FILE
+    version = current_version(index_dir) or index_dir  # index/current -> v-<stamp>/
+    path = version / CHUNKS_FILE
     try:
         ordered = [
             Chunk.model_validate_json(line)
@@ -100,7 +101,8 @@ class PassageSource:
 
     def _current_stamp(self) -> tuple[int, int] | None:
         try:
-            stat = (self.index_dir / CHUNKS_FILE).stat()
+            version = current_version(self.index_dir) or self.index_dir
+            stat = (version / CHUNKS_FILE).stat()
         except OSError:
             return None
         return (stat.st_mtime_ns, stat.st_size)
