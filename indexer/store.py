@@ -2,7 +2,7 @@
 
 Layout of ``index_dir``::
 
-    manifest.json   identity (model, dimension, chunking, schema), sources, build stats
+    manifest.json   identity (model, dimension, chunking, schema), sources, bibliography, build stats
     chunks.jsonl    one Chunk per line, in vector order
     vectors.faiss   faiss.IndexFlatIP over L2-normalised chunk vectors
     sentences.faiss the same for every sentence of every chunk, in chunk order
@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from indexer.bibliography import Reference
 from indexer.chunking import Chunk
 from indexer.errors import MyoQAError
 from indexer.settings import SCHEMA_VERSION
@@ -58,6 +59,9 @@ class IndexManifest(BaseModel):
     n_chunks: int
     built_at: str
     build_seconds: float = 0.0
+    #: The bibliography the sentences' citation keys resolve to, and its file's hash.
+    references: dict[str, Reference] = Field(default_factory=dict)
+    bibliography_hash: str = ""
 
 
 @dataclass
@@ -69,6 +73,10 @@ class LoadedIndex:
 
     def source(self, source_id: str) -> SourceRecord:
         return self.manifest.sources[source_id].record
+
+    def reference(self, key: str) -> Reference | None:
+        """The bibliography entry of a citation key, or None when it does not resolve."""
+        return self.manifest.references.get(key)
 
     def all_vectors(self) -> np.ndarray:
         return _matrix(self.vectors)
