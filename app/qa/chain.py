@@ -28,6 +28,7 @@ from app.qa.policy import (
     REFUSAL,
 )
 from app.qa.retrieval import Hit, HybridRetriever, Query
+from app.qa.attribution import citation_units
 from app.qa.schema import Answer, Citation, Message
 from app.qa.scope import condense, is_follow_up, is_patient_specific
 from app.qa.verify import DraftSentence, parse_cited_sentences, render, renumber, verify
@@ -241,31 +242,62 @@ class QAChain:
         meta: dict[str, Any],
         prefix: str = "",
     ) -> Answer:
-        """Number the cited passages in order of first use and attach their records."""
-        numbered, order = renumber(drafts)
+        """Number the cited passages in order of first use and attach their records.
+
+        A passage of a digest is cited once per primary reference of the sentences
+        quoted from it, and the citation names that reference (see ``attribution``).
+        """
+        per_sentence, units = citation_units(
+            [(d.text, d.cites) for d in drafts],
+            lambda key: hits[key].chunk,
+            lambda ref: self.index.reference(ref) is not None,
+        )
+        split = [DraftSentence(d.text, u) for d, u in zip(drafts, per_sentence, strict=True)]
+        numbered, order = renumber(split)
         citations = []
-        for n, key in enumerate(order, start=1):
+        for n, unit in enumerate(order, start=1):
+            key, ref_key, ref_keys = units[unit]
             chunk = hits[key].chunk
             record = self.index.source(chunk.source_id)
-            highlights = [d.text for d in drafts if key in d.cites]
+            highlights = [d.text for d in split if unit in d.cites]
+            ref = self.index.reference(ref_key) if ref_key else None
+            named = (
+                {
+                    "title": ref.title or record.title,
+                    "authors": ref.authors,
+                    "journal": ref.journal_line(),
+                    "year": ref.year,
+                    "doi": ref.doi,
+                    "pmid": ref.pmid,
+                    "pmcid": ref.pmcid,
+                    "url": ref.url,
+                    "digest_title": record.title,
+                }
+                if ref is not None
+                else {
+                    "title": record.title,
+                    "authors": record.authors,
+                    "journal": record.journal,
+                    "year": record.year,
+                    "doi": record.doi,
+                    "pmid": record.pmid,
+                    "pmcid": record.pmcid,
+                    "url": record.url,
+                }
+            )
             citations.append(
                 Citation(
                     n=n,
                     source_id=chunk.source_id,
-                    title=record.title,
-                    authors=record.authors,
-                    journal=record.journal,
-                    year=record.year,
-                    doi=record.doi,
-                    pmid=record.pmid,
-                    pmcid=record.pmcid,
-                    url=record.url,
                     section=chunk.section,
                     page=chunk.page_start,
                     page_end=chunk.page_end,
                     chunk_id=chunk.chunk_id,
                     passage=chunk.text,
                     highlights=[h for h in highlights if h in chunk.text],
+                    reference_key=ref_key,
+                    reference_keys=list(ref_keys),
+                    **named,
                 )
             )
         body = render(numbered)
