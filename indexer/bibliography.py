@@ -130,9 +130,7 @@ def reference_from_csl(item: dict[str, Any]) -> Reference:
         key=key,
         title=str(item.get("title", "")).strip(),
         authors=_csl_names(item.get("author")),
-        journal=str(
-            item.get("container-title-short") or item.get("container-title") or ""
-        ).strip(),
+        journal=str(item.get("container-title-short") or item.get("container-title") or "").strip(),
         year=_csl_year(item),
         volume=str(item.get("volume", "")).strip(),
         issue=str(item.get("issue", "")).strip(),
@@ -166,7 +164,10 @@ def _bibtex_files(value: str) -> list[str]:
 
 
 def _bibtex_authors(value: str) -> str:
-    from bibtexparser.middlewares.names import parse_single_name_into_parts, split_multiple_persons_names
+    from bibtexparser.middlewares.names import (
+        parse_single_name_into_parts,
+        split_multiple_persons_names,
+    )
 
     names = []
     for person in split_multiple_persons_names(value):
@@ -198,7 +199,7 @@ def reference_from_bibtex(key: str, fields: dict[str, str]) -> Reference:
         year=str(year),
         volume=f.get("volume", ""),
         issue=f.get("number", "") or f.get("issue", ""),
-        pages=f.get("pages", "").replace("--", "-"),
+        pages=f.get("pages", "").replace("--", "-").replace("\u2013", "-"),
         doi=doi,
         pmid=pmid,
         pmcid=pmcid,

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 from langchain_core.runnables import Runnable, RunnableLambda
 
+from app.qa.attribution import citation_units
 from app.qa.extractive import ExtractiveAnswerer, assess_support
 from app.qa.lexical import default_synonyms
 from app.qa.llm import build_messages, build_rewrite_messages, llm_failure
@@ -28,7 +29,6 @@ from app.qa.policy import (
     REFUSAL,
 )
 from app.qa.retrieval import Hit, HybridRetriever, Query
-from app.qa.attribution import citation_units
 from app.qa.schema import Answer, Citation, Message
 from app.qa.scope import condense, is_follow_up, is_patient_specific
 from app.qa.verify import DraftSentence, parse_cited_sentences, render, renumber, verify
