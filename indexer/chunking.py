@@ -40,14 +40,32 @@ class Chunk(BaseModel):
     #: Bibliography keys of each sentence (parallel to ``sentences``; empty lists for
     #: a source whose sentences carry no citation markers, such as a PDF).
     sentence_sources: list[list[str]] = []
+    #: Page of each sentence (parallel to ``sentences``), for sources with pages.
+    sentence_pages: list[int | None] = []
+
+    def quoted(self, sentence_text: str) -> list[int]:
+        """Indexes of this chunk's sentences that ``sentence_text`` quotes (or lies within)."""
+        return [
+            i
+            for i, (a, b) in enumerate(self.sentences)
+            if self.text[a:b] in sentence_text or sentence_text in self.text[a:b]
+        ]
+
+    def pages_of(self, sentence_text: str) -> tuple[int | None, int | None]:
+        """First and last page of the sentences ``sentence_text`` quotes; the chunk's otherwise."""
+        pages = [
+            p
+            for i in self.quoted(sentence_text)
+            if i < len(self.sentence_pages) and (p := self.sentence_pages[i]) is not None
+        ]
+        return (min(pages), max(pages)) if pages else (self.page_start, self.page_end)
 
     def sources_of(self, sentence_text: str) -> list[str]:
         """Keys of the sentences of this chunk that ``sentence_text`` quotes, first-seen order."""
         keys: list[str] = []
-        for (a, b), sources in zip(self.sentences, self.sentence_sources, strict=False):
-            piece = self.text[a:b]
-            if piece in sentence_text or sentence_text in piece:
-                keys.extend(k for k in sources if k not in keys)
+        for i in self.quoted(sentence_text):
+            if i < len(self.sentence_sources):
+                keys.extend(k for k in self.sentence_sources[i] if k not in keys)
         return keys
 
     def sentence_texts(self) -> list[str]:
@@ -212,6 +230,7 @@ def chunk_blocks(
                     n_tokens=count_tokens(embedding_text(section, text)),
                     sentences=spans,
                     sentence_sources=[list(s.sources) for s in group],
+                    sentence_pages=[s.page for s in group],
                 )
             )
     return chunks

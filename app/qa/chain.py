@@ -260,6 +260,9 @@ class QAChain:
             chunk = hits[key].chunk
             record = self.index.source(chunk.source_id)
             highlights = [d.text for d in split if unit in d.cites]
+            quoted_pages = [chunk.pages_of(h) for h in highlights]
+            first = [a for a, _ in quoted_pages if a is not None]
+            last = [b for _, b in quoted_pages if b is not None]
             ref = self.index.reference(ref_key) if ref_key else None
             named = (
                 {
@@ -290,8 +293,8 @@ class QAChain:
                     n=n,
                     source_id=chunk.source_id,
                     section=chunk.section,
-                    page=chunk.page_start,
-                    page_end=chunk.page_end,
+                    page=min(first) if first else chunk.page_start,
+                    page_end=max(last) if last else chunk.page_end,
                     chunk_id=chunk.chunk_id,
                     passage=chunk.text,
                     highlights=[h for h in highlights if h in chunk.text],
