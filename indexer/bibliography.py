@@ -258,10 +258,9 @@ def _read_bibtex(text: str, path: Path) -> list[Reference]:
 
     raw = bibtexparser.parse_string(text)
     if raw.failed_blocks:
-        first = raw.failed_blocks[0]
-        raise MyoQAError(
-            f"{path}: cannot parse the BibTeX entry starting at line {first.start_line + 1}"
-        )
+        line = raw.failed_blocks[0].start_line
+        where = f" starting at line {line + 1}" if line is not None else ""
+        raise MyoQAError(f"{path}: cannot parse the BibTeX entry{where}")
     # LaTeX accents are decoded ({\"u} -> ü); the file field is kept raw, where
     # "\:" escapes the colon of a Windows drive.
     decoded = bibtexparser.parse_string(text, append_middleware=[LatexDecodingMiddleware()])

@@ -199,8 +199,8 @@ def build_index(
             for key in keys:
                 if key not in references:
                     unresolved.setdefault(entries[chunk.source_id].record.file, set()).add(key)
-    for name, keys in sorted(unresolved.items()):
-        warning = f"{name}: citation key(s) not in the bibliography: {', '.join(sorted(keys))}"
+    for name, missing in sorted(unresolved.items()):
+        warning = f"{name}: citation key(s) not in the bibliography: {', '.join(sorted(missing))}"
         report.warnings.append(warning)
         log.warning(warning)
     for problem in report.skipped:

@@ -231,8 +231,8 @@ def plan_from_export(corpus_dir: Path, export: Path) -> SourcePlan:
     used: dict[Path, str] = {}
     seen_ids: set[str] = set()
     for ref in refs:
-        path = match_export_file(ref, files, corpus_dir, doi_index)
-        if path is None:
+        found = match_export_file(ref, files, corpus_dir, doi_index)
+        if found is None:
             tried = [f"file field {', '.join(ref.files)}" if ref.files else "no file field"]
             tried.append(f"DOI {ref.doi}" if ref.doi else "no DOI")
             tried.append(f"a file named {ref.key}.pdf")
@@ -244,6 +244,7 @@ def plan_from_export(corpus_dir: Path, export: Path) -> SourcePlan:
                 )
             )
             continue
+        path = found
         if path in used:
             problems.append(Problem(ref.key, f"matches {path.name}, already used by {used[path]}"))
             continue
