@@ -8,11 +8,14 @@ from pathlib import Path
 import pytest
 from fpdf import FPDF
 
+from app.cli.ask import format_answer
 from app.qa.chain import QAChain
 from app.qa.retrieval import Hit
+from app.qa.schema import Answer, Citation
 from app.qa.verify import DraftSentence
+from app.web.ui import render_citation
 from indexer.bibliography import read_bibliography, strip_markers
-from indexer.build import build_index
+from indexer.build import build_index, is_up_to_date
 from indexer.embeddings import EmbeddingModel
 from indexer.errors import MyoQAError
 from indexer.loaders import load_document
@@ -331,3 +334,88 @@ def test_ten_questions_from_ten_papers_each_cite_that_paper(
     ref = load_index(bundled_index.paths.index_dir).reference(key)
     assert ref is not None and cited.title == ref.title and cited.doi == ref.doi
     assert cited.digest_title and cited.section
+
+
+def _citation(**fields: object) -> Citation:
+    base: dict[str, object] = {
+        "n": 1,
+        "source_id": "biologics-jak-inhibitors",
+        "title": "Rituximab in refractory myositis",
+        "authors": "Oddis CV",
+        "journal": "Arthritis Rheum 2013;65(2):314-324",
+        "year": "2013",
+        "doi": "10.1002/art.37754",
+        "pmid": "23124935",
+        "section": "Rituximab: the RIM trial",
+        "chunk_id": "abc",
+        "passage": "The RIM trial enrolled 200 refractory patients.",
+        "reference_key": "RIM13",
+        "reference_keys": ["RIM13"],
+        "digest_title": "Biologics <script>alert(1)</script> and JAK inhibitors",
+    }
+    base.update(fields)
+    return Citation.model_validate(base)
+
+
+def test_sources_panel_and_cli_name_the_paper_and_where_the_passage_sits() -> None:
+    html = render_citation(_citation(), turn=0)
+    assert "Rituximab in refractory myositis" in html
+    assert (
+        "https://doi.org/10.1002/art.37754" in html and "pubmed.ncbi.nlm.nih.gov/23124935" in html
+    )
+    assert (
+        "in: myositis-qa digest <em>Biologics &lt;script&gt;alert(1)&lt;/script&gt; and JAK "
+        "inhibitors</em>, section <em>Rituximab: the RIM trial</em>"
+    ) in html
+    assert "<script>" not in html
+    # a PDF's citation names the PDF itself and shows its section plainly
+    pdf = render_citation(_citation(digest_title="", reference_key="", page=3), turn=0)
+    assert "in: myositis-qa digest" not in pdf and "Section: Rituximab" in pdf and "p. 3" in pdf
+    text = format_answer(
+        Answer(
+            answer="RIM found no difference [1].", citations=[_citation(digest_title="Biologics")]
+        )
+    )
+    assert (
+        "[1] Rituximab in refractory myositis (Oddis CV. Arthritis Rheum 2013;65(2):314-324). "
+        "in: myositis-qa digest Biologics, section Rituximab: the RIM trial, doi:10.1002/art.37754"
+    ) in text
+
+
+def test_unknown_keys_are_reported_and_a_changed_bibliography_rebuilds(
+    tmp_path: Path, fake_model: EmbeddingModel
+) -> None:
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "bio.md").write_text(DIGEST.replace("@STIR21", "@NOPE99"), encoding="utf-8")
+    (corpus / "bibliography.json").write_text(json.dumps(BIB), encoding="utf-8")
+    (corpus / "manifest.csv").write_text(
+        "id,file,title,authors,journal,year\nbio,bio.md,Bio,myositis-qa team,digest,2026\n",
+        encoding="utf-8",
+    )
+    settings = make_settings(corpus, tmp_path / "index", embedding={"model": "fake-32"})
+    report = build_index(settings, fake_model, progress=False)
+    assert report.warnings == ["bio.md: citation key(s) not in the bibliography: NOPE99"]
+    assert is_up_to_date(settings)
+    (corpus / "bibliography.json").write_text(json.dumps(BIB[:1]), encoding="utf-8")
+    assert not is_up_to_date(settings)
+    build_index(settings, fake_model, progress=False)
+    index = load_index(settings.paths.index_dir, settings.index_identity(32))
+    assert set(index.manifest.references) == {"RIM13"}
+
+
+def test_an_index_of_the_previous_schema_asks_for_a_rebuild(
+    tmp_path: Path, fake_model: EmbeddingModel
+) -> None:
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "bio.md").write_text(DIGEST, encoding="utf-8")
+    (corpus / "manifest.csv").write_text("id,file,title\nbio,bio.md,Bio\n", encoding="utf-8")
+    settings = make_settings(corpus, tmp_path / "index", embedding={"model": "fake-32"})
+    build_index(settings, fake_model, progress=False)
+    manifest = settings.paths.index_dir / "manifest.json"
+    data = json.loads(manifest.read_text(encoding="utf-8"))
+    data["identity"]["schema_version"] = 1
+    manifest.write_text(json.dumps(data), encoding="utf-8")
+    with pytest.raises(MyoQAError, match=r"schema version 1.*--rebuild"):
+        load_index(settings.paths.index_dir, settings.index_identity(32))
