@@ -162,6 +162,10 @@ def test_two_sentences_of_one_passage_from_different_papers_get_different_refere
         and unattributed.title == "Biologics for refractory myositis"
     )
     assert answer.answer.count("[1]") == answer.answer.count("[2]") == 1
+    # a quoted pair of neighbouring sentences is attributed sentence by sentence
+    pair = chain._cited([DraftSentence(" ".join(texts[:2]), (0,))], [Hit(row=0, chunk=chunk)], {})
+    assert [c.reference_key for c in pair.citations] == ["RIM13", "STIR21"]
+    assert pair.answer == f"{texts[0][:-1]} [1]. {texts[1][:-1]} [2]."
 
 
 # --- reference-manager exports ---------------------------------------------------------

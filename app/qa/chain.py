@@ -36,7 +36,7 @@ from indexer.embeddings import EmbeddingModel, load_embedding_model
 from indexer.errors import MyoQAError
 from indexer.settings import Settings
 from indexer.store import LoadedIndex, load_index
-from indexer.text import sentence_spans
+from indexer.text import sentence_spans, split_sentences
 
 log = logging.getLogger(__name__)
 
@@ -246,7 +246,14 @@ class QAChain:
 
         A passage of a digest is cited once per primary reference of the sentences
         quoted from it, and the citation names that reference (see ``attribution``).
+        A quoted pair of sentences is cited sentence by sentence, so each sentence
+        names its own paper (the rendered text is the same either way).
         """
+        drafts = [
+            DraftSentence(sentence, d.cites)
+            for d in drafts
+            for sentence in (split_sentences(d.text.strip()) or [d.text])
+        ]
         per_sentence, units = citation_units(
             [(d.text, d.cites) for d in drafts],
             lambda key: hits[key].chunk,
