@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from indexer.bibliography import Reference, index_references, read_bibliography
 from indexer.chunking import Chunk, chunk_blocks
 from indexer.embeddings import EmbeddingModel
 from indexer.errors import MyoQAError
@@ -58,6 +59,22 @@ def file_hash(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def bibliography_hash(settings: Settings) -> str:
+    path = settings.paths.bibliography
+    return file_hash(path) if path.is_file() else ""
+
+
+def load_references(settings: Settings) -> tuple[dict[str, Reference], list[Problem]]:
+    """The bibliography the citation keys resolve to (none when the file is absent)."""
+    path = settings.paths.bibliography
+    if not path.is_file():
+        return {}, []
+    try:
+        return index_references(read_bibliography(path)), []
+    except MyoQAError as exc:
+        return {}, [Problem(path.name, f"bibliography not used: {exc}")]
+
+
 def up_to_date_manifest(settings: Settings) -> IndexManifest | None:
     """The index's manifest when it already holds exactly what the corpus and settings say.
 
@@ -85,6 +102,8 @@ def up_to_date_manifest(settings: Settings) -> IndexManifest | None:
         else:
             return None
     if indexed != set(manifest.sources) or skipped != manifest.skipped:
+        return None
+    if manifest.bibliography_hash != bibliography_hash(settings):
         return None
     return manifest
 
@@ -133,6 +152,8 @@ def build_index(
     identity = settings.index_identity(model.dim)
     plan = plan_sources(settings.paths.corpus_dir, settings.paths.manifest)
     report = BuildReport(index_dir=settings.paths.index_dir, skipped=list(plan.problems))
+    references, bib_problems = load_references(settings)
+    report.skipped.extend(bib_problems)
     previous = _previous_index(settings, identity, rebuild)
     report.full_rebuild = previous is None
 
@@ -193,6 +214,16 @@ def build_index(
         chunks.extend(source_chunks)
         report.pages += document.pages
 
+    unresolved: dict[str, set[str]] = {}
+    for chunk in chunks:
+        for keys in chunk.sentence_sources:
+            for key in keys:
+                if key not in references:
+                    unresolved.setdefault(entries[chunk.source_id].record.file, set()).add(key)
+    for name, missing in sorted(unresolved.items()):
+        warning = f"{name}: citation key(s) not in the bibliography: {', '.join(sorted(missing))}"
+        report.warnings.append(warning)
+        log.warning(warning)
     for problem in report.skipped:
         log.debug("Skipped %s", problem)  # the report carries it; the CLI prints it once
     if not chunks:
@@ -234,6 +265,8 @@ def build_index(
         n_chunks=len(chunks),
         built_at=datetime.now(UTC).isoformat(timespec="seconds"),
         build_seconds=round(report.seconds, 3),
+        references=references,
+        bibliography_hash=bibliography_hash(settings),
     )
     write_index(settings.paths.index_dir, manifest, chunks, matrix, sentence_matrix)
     report.seconds = time.perf_counter() - started

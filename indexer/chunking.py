@@ -37,6 +37,36 @@ class Chunk(BaseModel):
     n_tokens: int
     #: ``(start, end)`` of each sentence within ``text``; each sentence is embedded too.
     sentences: list[tuple[int, int]]
+    #: Bibliography keys of each sentence (parallel to ``sentences``; empty lists for
+    #: a source whose sentences carry no citation markers, such as a PDF).
+    sentence_sources: list[list[str]] = []
+    #: Page of each sentence (parallel to ``sentences``), for sources with pages.
+    sentence_pages: list[int | None] = []
+
+    def quoted(self, sentence_text: str) -> list[int]:
+        """Indexes of this chunk's sentences that ``sentence_text`` quotes (or lies within)."""
+        return [
+            i
+            for i, (a, b) in enumerate(self.sentences)
+            if self.text[a:b] in sentence_text or sentence_text in self.text[a:b]
+        ]
+
+    def pages_of(self, sentence_text: str) -> tuple[int | None, int | None]:
+        """First and last page of the sentences ``sentence_text`` quotes; the chunk's otherwise."""
+        pages = [
+            p
+            for i in self.quoted(sentence_text)
+            if i < len(self.sentence_pages) and (p := self.sentence_pages[i]) is not None
+        ]
+        return (min(pages), max(pages)) if pages else (self.page_start, self.page_end)
+
+    def sources_of(self, sentence_text: str) -> list[str]:
+        """Keys of the sentences of this chunk that ``sentence_text`` quotes, first-seen order."""
+        keys: list[str] = []
+        for i in self.quoted(sentence_text):
+            if i < len(self.sentence_sources):
+                keys.extend(k for k in self.sentence_sources[i] if k not in keys)
+        return keys
 
     def sentence_texts(self) -> list[str]:
         return [self.text[a:b] for a, b in self.sentences]
@@ -62,6 +92,15 @@ class _Sentence:
     start: int
     end: int
     tokens: int
+    sources: tuple[str, ...] = ()
+
+
+def _sentence_sources(block: Block, a: int, b: int) -> tuple[str, ...]:
+    keys: list[str] = []
+    for offset, found in block.citations:
+        if a <= offset <= b:
+            keys.extend(k for k in found if k not in keys)
+    return tuple(keys)
 
 
 def document_sentences(
@@ -76,7 +115,14 @@ def document_sentences(
             located.append(
                 (
                     block.section,
-                    _Sentence(text, block.page, offset + a, offset + b, count_tokens(text)),
+                    _Sentence(
+                        text,
+                        block.page,
+                        offset + a,
+                        offset + b,
+                        count_tokens(text),
+                        _sentence_sources(block, a, b),
+                    ),
                 )
             )
         offset += len(block.text) + 2  # blocks are joined by a blank line
@@ -96,7 +142,14 @@ def _split_long(sentence: _Sentence, budget: int, count_tokens: TokenCounter) ->
         if current and count_tokens(candidate) > budget:
             text = " ".join(current)
             pieces.append(
-                _Sentence(text, sentence.page, position, position + len(text), count_tokens(text))
+                _Sentence(
+                    text,
+                    sentence.page,
+                    position,
+                    position + len(text),
+                    count_tokens(text),
+                    sentence.sources,
+                )
             )
             position += len(text) + 1
             current = [word]
@@ -107,7 +160,14 @@ def _split_long(sentence: _Sentence, budget: int, count_tokens: TokenCounter) ->
         if count_tokens(text) > budget:
             raise ValueError(f"a single word exceeds the chunk budget of {budget} tokens")
         pieces.append(
-            _Sentence(text, sentence.page, position, position + len(text), count_tokens(text))
+            _Sentence(
+                text,
+                sentence.page,
+                position,
+                position + len(text),
+                count_tokens(text),
+                sentence.sources,
+            )
         )
     return pieces
 
@@ -169,6 +229,8 @@ def chunk_blocks(
                     char_end=group[-1].end,
                     n_tokens=count_tokens(embedding_text(section, text)),
                     sentences=spans,
+                    sentence_sources=[list(s.sources) for s in group],
+                    sentence_pages=[s.page for s in group],
                 )
             )
     return chunks

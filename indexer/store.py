@@ -4,8 +4,8 @@ Layout of ``index_dir``::
 
     current -> v-20261202T063000Z-1a2b   symlink to the version being served
     v-20261202T063000Z-1a2b/
-        manifest.json   identity (model, dimension, chunking, schema), sources, build
-                        stats and the SHA-256 of each file below
+        manifest.json   identity (model, dimension, chunking, schema), sources, the
+                        bibliography, build stats and the SHA-256 of each file below
         chunks.jsonl    one Chunk per line, in vector order
         vectors.faiss   faiss.IndexFlatIP over L2-normalised chunk vectors
         sentences.faiss the same for every sentence of every chunk, in chunk order
@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from indexer.bibliography import Reference
 from indexer.chunking import Chunk
 from indexer.errors import MyoQAError
 from indexer.settings import SCHEMA_VERSION
@@ -95,6 +96,9 @@ class IndexManifest(BaseModel):
     build_seconds: float = 0.0
     #: SHA-256 of each file in ``DATA_FILES``, written by ``write_index``.
     checksums: dict[str, str] = Field(default_factory=dict)
+    #: The bibliography the sentences' citation keys resolve to, and its file's hash.
+    references: dict[str, Reference] = Field(default_factory=dict)
+    bibliography_hash: str = ""
 
 
 @dataclass
@@ -106,6 +110,10 @@ class LoadedIndex:
 
     def source(self, source_id: str) -> SourceRecord:
         return self.manifest.sources[source_id].record
+
+    def reference(self, key: str) -> Reference | None:
+        """The bibliography entry of a citation key, or None when it does not resolve."""
+        return self.manifest.references.get(key)
 
     def all_vectors(self) -> np.ndarray:
         return _matrix(self.vectors)

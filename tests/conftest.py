@@ -75,6 +75,7 @@ def make_settings(corpus: Path, index_dir: Path, **sections: dict[str, object]) 
         "paths": {
             "corpus_dir": corpus,
             "manifest": corpus / "manifest.csv",
+            "bibliography": corpus / "bibliography.json",
             "index_dir": index_dir,
         }
     }

@@ -60,17 +60,23 @@ def format_answer(answer: Any) -> str:
     """A readable answer with its numbered sources."""
     lines = [answer.answer, ""]
     for c in answer.citations:
+        located = c.section and f"section {c.section}"
+        if getattr(c, "digest_title", ""):
+            located = f"in: myositis-qa digest {c.digest_title}" + (
+                f", section {c.section}" if c.section else ""
+            )
         where = ", ".join(
             part
             for part in (
-                c.section and f"section {c.section}",
+                located,
                 c.page and f"p. {c.page}",
                 c.doi and f"doi:{c.doi}",
                 c.pmid and f"PMID {c.pmid}",
             )
             if part
         )
-        lines.append(f"[{c.n}] {c.title} ({c.journal or c.year}). {where}")
+        byline = ". ".join(p for p in (c.authors, c.journal or c.year) if p)
+        lines.append(f"[{c.n}] {c.title}" + (f" ({byline})" if byline else "") + f". {where}")
     return "\n".join(lines).rstrip()
 
 

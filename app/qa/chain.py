@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 from langchain_core.runnables import Runnable, RunnableLambda
 
+from app.qa.attribution import citation_units
 from app.qa.extractive import ExtractiveAnswerer, assess_support
 from app.qa.lexical import default_synonyms
 from app.qa.llm import build_messages, build_rewrite_messages, llm_failure
@@ -35,7 +36,7 @@ from indexer.embeddings import EmbeddingModel, load_embedding_model
 from indexer.errors import MyoQAError
 from indexer.settings import Settings
 from indexer.store import LoadedIndex, load_index
-from indexer.text import sentence_spans
+from indexer.text import sentence_spans, split_sentences
 
 log = logging.getLogger(__name__)
 
@@ -242,31 +243,72 @@ class QAChain:
         meta: dict[str, Any],
         prefix: str = "",
     ) -> Answer:
-        """Number the cited passages in order of first use and attach their records."""
-        numbered, order = renumber(drafts)
+        """Number the cited passages in order of first use and attach their records.
+
+        A passage of a digest is cited once per primary reference of the sentences
+        quoted from it, and the citation names that reference (see ``attribution``).
+        A quoted pair of sentences is cited sentence by sentence, so each sentence
+        names its own paper (the rendered text is the same either way).
+        """
+        drafts = [
+            DraftSentence(sentence, d.cites)
+            for d in drafts
+            for sentence in (split_sentences(d.text.strip()) or [d.text])
+        ]
+        per_sentence, units = citation_units(
+            [(d.text, d.cites) for d in drafts],
+            lambda key: hits[key].chunk,
+            lambda ref: self.index.reference(ref) is not None,
+        )
+        split = [DraftSentence(d.text, u) for d, u in zip(drafts, per_sentence, strict=True)]
+        numbered, order = renumber(split)
         citations = []
-        for n, key in enumerate(order, start=1):
+        for n, unit in enumerate(order, start=1):
+            key, ref_key, ref_keys = units[unit]
             chunk = hits[key].chunk
             record = self.index.source(chunk.source_id)
-            highlights = [d.text for d in drafts if key in d.cites]
+            highlights = [d.text for d in split if unit in d.cites]
+            quoted_pages = [chunk.pages_of(h) for h in highlights]
+            first = [a for a, _ in quoted_pages if a is not None]
+            last = [b for _, b in quoted_pages if b is not None]
+            ref = self.index.reference(ref_key) if ref_key else None
+            named = (
+                {
+                    "title": ref.title or record.title,
+                    "authors": ref.authors,
+                    "journal": ref.journal_line(),
+                    "year": ref.year,
+                    "doi": ref.doi,
+                    "pmid": ref.pmid,
+                    "pmcid": ref.pmcid,
+                    "url": ref.url,
+                    "digest_title": record.title,
+                }
+                if ref is not None
+                else {
+                    "title": record.title,
+                    "authors": record.authors,
+                    "journal": record.journal,
+                    "year": record.year,
+                    "doi": record.doi,
+                    "pmid": record.pmid,
+                    "pmcid": record.pmcid,
+                    "url": record.url,
+                }
+            )
             citations.append(
                 Citation(
                     n=n,
                     source_id=chunk.source_id,
-                    title=record.title,
-                    authors=record.authors,
-                    journal=record.journal,
-                    year=record.year,
-                    doi=record.doi,
-                    pmid=record.pmid,
-                    pmcid=record.pmcid,
-                    url=record.url,
                     section=chunk.section,
-                    page=chunk.page_start,
-                    page_end=chunk.page_end,
+                    page=min(first) if first else chunk.page_start,
+                    page_end=max(last) if last else chunk.page_end,
                     chunk_id=chunk.chunk_id,
                     passage=chunk.text,
                     highlights=[h for h in highlights if h in chunk.text],
+                    reference_key=ref_key,
+                    reference_keys=list(ref_keys),
+                    **named,
                 )
             )
         body = render(numbered)

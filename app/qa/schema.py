@@ -33,6 +33,14 @@ class Citation(BaseModel):
     passage: str
     #: Substrings of ``passage`` that support the answer (highlighted in the UI).
     highlights: list[str] = Field(default_factory=list)
+    #: Bibliography key of the reference named (the quoted sentence's primary source);
+    #: empty when the citation names the source document itself (an educator's PDF).
+    reference_key: str = ""
+    #: Every source key of the quoted sentences, the primary one first.
+    reference_keys: list[str] = Field(default_factory=list)
+    #: Where the passage sits when the reference is not the document itself: the
+    #: title of the myositis-qa digest holding it (its section is ``section``).
+    digest_title: str = ""
 
 
 class Answer(BaseModel):

@@ -212,11 +212,17 @@ def render_citation(citation: Citation, turn: int, open_: bool = False) -> str:
     if c.year.strip() and c.year not in c.journal:
         meta.append(c.year)
     where = []
-    if c.section.strip():
-        where.append(f"Section: {c.section}")
+    if c.digest_title.strip():
+        # the reference named is the paper; the passage sits in one of our digests
+        located = f"in: myositis-qa digest <em>{_text(c.digest_title)}</em>"
+        if c.section.strip():
+            located += f", section <em>{_text(c.section)}</em>"
+        where.append(located)
+    elif c.section.strip():
+        where.append(_text(f"Section: {c.section}"))
     if c.page is not None:
         pages = f"{c.page}–{c.page_end}" if c.page_end and c.page_end != c.page else f"{c.page}"
-        where.append(f"p. {pages}")
+        where.append(_text(f"p. {pages}"))
     links = []
     if url := doi_url(c.doi):
         links.append(_link(url, f"DOI {c.doi.strip()}"))
@@ -236,7 +242,7 @@ def render_citation(citation: Citation, turn: int, open_: bool = False) -> str:
     if meta:
         parts.append(f'<div class="myoqa-meta">{_text(". ".join(meta))}</div>')
     if where:
-        parts.append(f'<div class="myoqa-meta">{_text(" · ".join(where))}</div>')
+        parts.append(f'<div class="myoqa-meta myoqa-where">{" · ".join(where)}</div>')
     if links:
         parts.append(f'<div class="myoqa-links">{" · ".join(links)}</div>')
     parts.append(
