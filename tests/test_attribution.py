@@ -417,7 +417,7 @@ def test_an_index_of_the_previous_schema_asks_for_a_rebuild(
     (corpus / "manifest.csv").write_text("id,file,title\nbio,bio.md,Bio\n", encoding="utf-8")
     settings = make_settings(corpus, tmp_path / "index", embedding={"model": "fake-32"})
     build_index(settings, fake_model, progress=False)
-    manifest = settings.paths.index_dir / "manifest.json"
+    manifest = settings.paths.index_dir / "current" / "manifest.json"
     data = json.loads(manifest.read_text(encoding="utf-8"))
     data["identity"]["schema_version"] = 1
     manifest.write_text(json.dumps(data), encoding="utf-8")
