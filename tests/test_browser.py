@@ -375,7 +375,9 @@ def test_real_chain_answer_with_citation(page: Any, real_served: str) -> None:
     opened = answer.locator("details.myoqa-source[open]").first
     opened.locator("blockquote.myoqa-passage").wait_for()
     assert opened.locator("mark.myoqa-hl").count() >= 1
-    assert opened.locator(".myoqa-links a").count() >= 1  # DOI or PubMed link
+    # the answer's sources link to the papers they name (DOI or PubMed), where the
+    # bibliography has an identifier; not every reference on the fact sheet has one
+    assert answer.locator(".myoqa-links a").count() >= 1
     page.wait_for_timeout(400)
     screenshot(page, "real-chain-answer.png")
     assert page.dialogs == []
@@ -467,9 +469,8 @@ def test_calculator_tab_scores_a_case_and_shows_the_passages(page: Any, real_ser
         "Gottron's sign scores 3.3 without muscle biopsy"
         in opened.locator("mark.myoqa-hl").inner_text()
     )
-    assert opened.locator(".myoqa-links a").first.get_attribute("href") == (
-        "https://doi.org/10.1136/annrheumdis-2017-211468"
-    )
+    # the weight is cited to the reference that reports it: the criteria's score table
+    assert "EULAR/ACR criteria score table" in opened.inner_text()
     page.wait_for_timeout(400)
     screenshot(page, "calculator-result.png")
 

@@ -32,6 +32,7 @@ from typing import Any, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from app.qa.schema import Citation
+from indexer.bibliography import Reference
 from indexer.chunking import Chunk
 from indexer.errors import MyoQAError
 from indexer.sources import SourceRecord
@@ -573,30 +574,52 @@ def classify(case: Case, table: CriteriaTable | None = None) -> Classification:
 R = TypeVar("R", bound=ScoreBand)
 
 
-def make_citation(n: int, chunk: Chunk, record: SourceRecord, quotes: Sequence[str]) -> Citation:
-    """Citation ``n`` for a passage, as the chat builds it, highlighting ``quotes``."""
+def make_citation(
+    n: int,
+    chunk: Chunk,
+    record: SourceRecord,
+    quotes: Sequence[str],
+    references: Mapping[str, Reference] | None = None,
+) -> Citation:
+    """Citation ``n`` for a passage, as the chat builds it, highlighting ``quotes``.
+
+    Like the chat, it names the primary reference of the quoted sentences (their first
+    bibliography key) and keeps the document's own record as where the passage sits.
+    """
+    keys: list[str] = []
+    for quote in quotes or [chunk.text]:
+        keys.extend(k for k in chunk.sources_of(quote) if k not in keys)
+    if not keys:
+        keys = [k for group in chunk.sentence_sources for k in group]
+    ref = next((references[k] for k in keys if references and k in references), None)
     return Citation(
         n=n,
         source_id=chunk.source_id,
-        title=record.title,
-        authors=record.authors,
-        journal=record.journal,
-        year=record.year,
-        doi=record.doi,
-        pmid=record.pmid,
-        pmcid=record.pmcid,
-        url=record.url,
+        title=ref.title if ref else record.title,
+        authors=ref.authors if ref else record.authors,
+        journal=ref.journal if ref else record.journal,
+        year=ref.year if ref else record.year,
+        doi=ref.doi if ref else record.doi,
+        pmid=ref.pmid if ref else record.pmid,
+        pmcid=ref.pmcid if ref else record.pmcid,
+        url=ref.url if ref else record.url,
         section=chunk.section,
         page=chunk.page_start,
         page_end=chunk.page_end,
         chunk_id=chunk.chunk_id,
         passage=chunk.text,
         highlights=[q for q in quotes if q in chunk.text],
+        reference_key=ref.key if ref else "",
+        reference_keys=keys,
+        digest_title=record.title if ref else "",
     )
 
 
 def attach_citations(
-    result: R, chunks: Mapping[str, Chunk], records: Mapping[str, SourceRecord]
+    result: R,
+    chunks: Mapping[str, Chunk],
+    records: Mapping[str, SourceRecord],
+    references: Mapping[str, Reference] | None = None,
 ) -> R:
     """A copy of ``result`` whose cited rows point (``cite``) into full ``citations``.
 
@@ -613,7 +636,9 @@ def attach_citations(
             continue
         if row.chunk_id not in numbers:
             numbers[row.chunk_id] = len(citations) + 1
-            citations.append(make_citation(numbers[row.chunk_id], chunk, record, []))
+            citations.append(
+                make_citation(numbers[row.chunk_id], chunk, record, [row.quote], references)
+            )
         citation = citations[numbers[row.chunk_id] - 1]
         if row.quote in chunk.text and row.quote not in citation.highlights:
             citation.highlights.append(row.quote)

@@ -39,6 +39,7 @@ from app.qa.criteria import (
     load_table,
     score_band,
 )
+from indexer.bibliography import Reference
 from indexer.chunking import Chunk
 from indexer.errors import MyoQAError
 from indexer.sources import SourceRecord
@@ -55,6 +56,8 @@ class IndexPassages:
 
     chunks: dict[str, Chunk]
     records: dict[str, SourceRecord]
+    #: The bibliography the chunks' citation keys resolve to.
+    references: dict[str, Reference] = field(default_factory=dict)
     #: Chunks in index order (for the refresh, which prefers the first match).
     ordered: list[Chunk] = field(default_factory=list)
 
@@ -81,6 +84,7 @@ def read_passages(index_dir: Path) -> IndexPassages:
     return IndexPassages(
         chunks={c.chunk_id: c for c in ordered},
         records={sid: entry.record for sid, entry in manifest.sources.items()},
+        references=dict(manifest.references),
         ordered=ordered,
     )
 
@@ -240,7 +244,7 @@ class Calculator:
         found = self.passages.get()
         if found is None:
             return result
-        return attach_citations(result, found.chunks, found.records)
+        return attach_citations(result, found.chunks, found.records, found.references)
 
     def classify(self, case: Case) -> Classification:
         """Score a case (raises ``MyoQAError`` for an invalid one)."""

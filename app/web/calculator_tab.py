@@ -213,7 +213,7 @@ def render_item_weights(
             record = passages.records.get(chunk.source_id)
             if record is not None:
                 n = len(citations) + 1
-                citations.append(make_citation(n, chunk, record, [item.quote]))
+                citations.append(make_citation(n, chunk, record, [item.quote], passages.references))
         quote = "" if n is not None else f" “{_text(item.quote)}”"
         parts.append(
             f"<li>{_text(item.label)} scores <strong>{said}</strong>{_marker(n)}{quote}</li>"
