@@ -30,7 +30,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Generator, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse
@@ -56,6 +56,8 @@ from indexer.errors import MyoQAError
 from indexer.settings import Settings
 
 log = logging.getLogger(__name__)
+
+_M = TypeVar("_M", bound=BaseModel)
 
 __all__ = [
     "MAX_HISTORY_CHARS",
@@ -507,23 +509,29 @@ def create_app(
             headers={"Retry-After": str(seconds)},
         )
 
+    async def parse_body(request: Request, model: type[_M], malformed: str) -> _M | JSONResponse:
+        """The request body as ``model``, or the 4xx JSON error that says what is wrong."""
+        try:
+            return model.model_validate(await read_json(request, server.max_request_bytes))
+        except _BodyError as exc:
+            return error(exc.status, exc.message)
+        except ValidationError as exc:
+            return error(422, malformed, detail=_validation_detail(exc))
+
     @app.post("/api/ask", tags=["api"], summary="Answer a question with citations")
     async def api_ask(request: Request) -> Any:
         """Body ``{"question": str, "history": [{"role", "content"}]?}``; returns
         ``{answer, citations, abstained, reason}`` exactly as ``myositis-qa ask --json``."""
         if (refused := limited(request)) is not None:
             return refused
-        try:
-            payload = AskRequest.model_validate(await read_json(request, server.max_request_bytes))
-        except _BodyError as exc:
-            return error(exc.status, exc.message)
-        except ValidationError as exc:
-            return error(
-                422,
-                'Malformed request: expected {"question": text, "history"?: '
-                '[{"role": "user"|"assistant", "content": text}]}.',
-                detail=_validation_detail(exc),
-            )
+        payload = await parse_body(
+            request,
+            AskRequest,
+            'Malformed request: expected {"question": text, "history"?: '
+            '[{"role": "user"|"assistant", "content": text}]}.',
+        )
+        if isinstance(payload, JSONResponse):
+            return payload
         question = payload.question
         try:
             check_text(question)
@@ -557,14 +565,9 @@ def create_app(
         ``{"id"}``, or 503 when the vote could not be stored (disk full, read-only file)."""
         if (refused := limited(request, vote_limiter)) is not None:
             return refused
-        try:
-            payload = FeedbackRequest.model_validate(
-                await read_json(request, server.max_request_bytes)
-            )
-        except _BodyError as exc:
-            return error(exc.status, exc.message)
-        except ValidationError as exc:
-            return error(422, "Malformed feedback.", detail=_validation_detail(exc))
+        payload = await parse_body(request, FeedbackRequest, "Malformed feedback.")
+        if isinstance(payload, JSONResponse):
+            return payload
         mode = managed.status().get("mode") or ""
         try:
             row_id = await run_in_threadpool(
@@ -590,17 +593,14 @@ def create_app(
         band, category and notes, each weight and cut-off cited to its passage."""
         if (refused := limited(request)) is not None:
             return refused
-        try:
-            case = Case.model_validate(await read_json(request, server.max_request_bytes))
-        except _BodyError as exc:
-            return error(exc.status, exc.message)
-        except ValidationError as exc:
-            return error(
-                422,
-                'Malformed case: expected {"age_at_onset": years, "muscle_biopsy"?: true|false, '
-                "<item>?: true|false, ...}; see /api/docs.",
-                detail=_validation_detail(exc),
-            )
+        case = await parse_body(
+            request,
+            Case,
+            'Malformed case: expected {"age_at_onset": years, "muscle_biopsy"?: true|false, '
+            "<item>?: true|false, ...}; see /api/docs.",
+        )
+        if isinstance(case, JSONResponse):
+            return case
         try:
             result = await run_in_threadpool(calculator.classify, case)
         except MyoQAError as exc:
